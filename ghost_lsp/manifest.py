@@ -1,0 +1,63 @@
+"""The model folder format (`manifest.json`), version 1.
+
+A model folder holds:
+  manifest.json   this schema
+  model.onnx      decoder with past key/values, as optimum exports `text-generation-with-past`
+                  (inputs input_ids, attention_mask, [position_ids], past_key_values.{i}.key/value;
+                  outputs logits, present.{i}.key/value)
+  tokenizer.json  a `tokenizers` tokenizer
+  README.md       the model card (optional for user models)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FORMAT = "ghost-lsp-model/1"
+
+
+@dataclass
+class Manifest:
+    name: str
+    family: str = "plain"  # prompt family: picks prompts/<family>.toml ("plain" = left-to-right)
+    architecture: str = "llama"
+    context_length: int = 256
+    onnx: str = "model.onnx"
+    tokenizer: str = "tokenizer.json"
+    quantization: str = "none"  # "none" | "int8-dynamic"
+    fim: bool = False
+    eos_token: str = "<|endoftext|>"
+    fim_prefix: str = "<fim_prefix>"
+    fim_suffix: str = "<fim_suffix>"
+    fim_middle: str = "<fim_middle>"
+    pad_token: str = "<|pad|>"
+    # free-form provenance: corpus, training, validation figures
+    info: dict = field(default_factory=dict)
+    format: str = FORMAT
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Manifest":
+        path = Path(folder) / "manifest.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no manifest.json (not a ghost-lsp model folder)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: unreadable manifest: {e}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path}: expected format {FORMAT!r}, found {data.get('format')!r}"
+                             if isinstance(data, dict) else f"{path}: manifest is not an object")
+        known = {f for f in cls.__dataclass_fields__}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def save(self, folder: str | Path) -> None:
+        Path(folder, "manifest.json").write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}:{self.quantization}"

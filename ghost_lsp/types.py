@@ -1,0 +1,97 @@
+"""Plain values handed from one pipeline stage to the next (see shared/DESIGN.md, "The flow").
+
+Nothing here imports lsprotocol: the server translates LSP to and from these types,
+so every later stage can be tested and reused (CLI, eval harness) without an editor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One completion request, already translated out of LSP.
+
+    `line` and `character` are in Python code points (the server converts from the
+    negotiated position encoding).
+    """
+
+    uri: str
+    version: int | None
+    line: int
+    character: int
+    language: str = "python"
+    path: str = ""
+    multiline: bool = True
+    trigger: str = "automatic"  # "automatic" | "invoked"
+
+
+@dataclass
+class Snippet:
+    """A piece of context from somewhere other than the cursor's own window."""
+
+    path: str
+    text: str
+    score: float = 0.0
+    source: str = ""  # which provider produced it
+
+
+@dataclass
+class Context:
+    prefix: str
+    suffix: str
+    path: str
+    language: str
+    snippets: list[Snippet] = field(default_factory=list)
+
+    @property
+    def current_line_prefix(self) -> str:
+        """Text of the cursor's line before the cursor."""
+        return self.prefix.rsplit("\n", 1)[-1]
+
+
+@dataclass
+class Prompt:
+    text: str
+    stop: list[str] = field(default_factory=list)
+    template: str = ""  # "<name>@<version>", logged with each suggestion
+    fim: bool = False
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 48
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Candidate:
+    """One generated continuation, before filtering."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = "length"  # "length" | "stop" | "eos" | "cancelled" | "deadline"
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    prompt_tokens: int = 0
+
+
+@dataclass
+class Completion:
+    """The answer for one request: the kept suggestion and what happened to get it."""
+
+    id: str
+    text: str
+    candidate: Candidate | None = None
+    cut_reasons: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    prompt_template: str = ""
+    prompt_hash: str = ""
+    model_id: str = ""
