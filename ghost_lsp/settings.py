@@ -1,0 +1,196 @@
+"""Typed, fully defaulted settings.
+
+Settings come in layers, later overriding earlier: defaults → `--config FILE` (TOML or
+JSON) → command-line flags → the client's `initializationOptions` → each
+`workspace/didChangeConfiguration` (section "ghost"). Keys may be snake_case or
+camelCase. A bad value never raises: it becomes a warning naming the key and the value
+kept, so the server can show it to the user and carry on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+SECTION = "ghost"
+MULTILINE_MODES = ("auto", "always", "never")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+DEFAULT_EXCLUDE = (
+    "**/.env",
+    "**/.env.*",
+    "**/secrets/**",
+    "*.pem",
+    "*.key",
+    "**/.ssh/**",
+    "**/.git/**",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    enabled: bool = True
+    # Model folder; "" = $GHOST_LSP_MODEL, else the shipped models/ghost-py-small.
+    model: str = ""
+    # Feedback database; "" = $XDG_DATA_HOME/ghost-lsp/feedback.db.
+    db: str = ""
+    feedback: bool = True
+    max_new_tokens: int = 48
+    # Candidates after the first (which is always greedy) are sampled at this temperature.
+    temperature: float = 0.6
+    top_p: float = 0.95
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    n: int = 1
+    multiline: str = "auto"  # "auto" | "always" | "never"
+    # Wait this long before inferring, so a burst of keystrokes costs one inference.
+    debounce_ms: int = 30
+    # Give up on a request after this long (engine stops between tokens).
+    deadline_ms: int = 2000
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    log_level: str = "INFO"
+
+
+def _in_range(lo: float, hi: float):
+    def check(v: Any) -> bool:
+        return lo <= v <= hi
+
+    check.__doc__ = f"between {lo} and {hi}"
+    return check
+
+
+# key -> (python type, extra check or None)
+_RULES: dict[str, tuple[type, Any]] = {
+    "enabled": (bool, None),
+    "model": (str, None),
+    "db": (str, None),
+    "feedback": (bool, None),
+    "max_new_tokens": (int, _in_range(1, 1024)),
+    "temperature": (float, _in_range(0.0, 2.0)),
+    "top_p": (float, lambda v: 0.0 < v <= 1.0),
+    "frequency_penalty": (float, _in_range(-2.0, 2.0)),
+    "presence_penalty": (float, _in_range(-2.0, 2.0)),
+    "n": (int, _in_range(1, 8)),
+    "multiline": (str, lambda v: v in MULTILINE_MODES),
+    "debounce_ms": (int, _in_range(0, 5000)),
+    "deadline_ms": (int, _in_range(50, 600_000)),
+    "exclude": (tuple, None),
+    "log_level": (str, lambda v: v.upper() in LOG_LEVELS),
+}
+assert set(_RULES) == {f.name for f in fields(Settings)}
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower()
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Return the typed value or raise ValueError saying what was expected."""
+    typ, check = _RULES[key]
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+    elif typ is int:
+        # bool is an int subclass; `true` for a token count is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected an integer")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("expected a number")
+        value = float(value)
+    elif typ is str:
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+    elif typ is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError("expected a list of glob strings")
+        value = tuple(value)
+    if check is not None and not check(value):
+        what = check.__doc__ or {
+            "multiline": f"one of {', '.join(MULTILINE_MODES)}",
+            "log_level": f"one of {', '.join(LOG_LEVELS)}",
+            "top_p": "in (0, 1]",
+        }.get(key, "a valid value")
+        raise ValueError(f"expected {what}")
+    if key == "log_level":
+        value = value.upper()
+    return value
+
+
+def unwrap_section(d: Any) -> Any:
+    """Accept both {"ghost": {...}} and the bare {...}."""
+    if isinstance(d, dict) and isinstance(d.get(SECTION), dict):
+        return d[SECTION]
+    return d
+
+
+def from_dict(d: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
+    """Overlay `d` on `base` (default: all defaults). Never raises.
+
+    Returns the settings and one warning per ignored key or bad value.
+    """
+    base = base or Settings()
+    d = unwrap_section(d)
+    if d is None:
+        return base, []
+    if not isinstance(d, dict):
+        return base, [f"settings: expected an object, got {type(d).__name__}; kept the current settings"]
+    changes: dict[str, Any] = {}
+    warnings: list[str] = []
+    for raw_key, value in d.items():
+        key = _snake(str(raw_key))
+        if key not in _RULES:
+            warnings.append(f"settings: unknown key {raw_key!r} ignored")
+            continue
+        try:
+            changes[key] = _coerce(key, value)
+        except ValueError as e:
+            warnings.append(
+                f"settings: {raw_key} = {value!r}: {e}; using {getattr(base, key)!r}"
+            )
+    return replace(base, **changes), warnings
+
+
+def load_file(path: str | Path) -> tuple[dict, list[str]]:
+    """Read a TOML (.toml) or JSON settings file. Never raises: problems become warnings."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        return {}, [f"config {path}: cannot read ({e.strerror or e}); using defaults"]
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(raw.decode("utf-8"))
+        else:
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        return {}, [f"config {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} ({e}); using defaults"]
+    data = unwrap_section(data)
+    if not isinstance(data, dict):
+        return {}, [f"config {path}: expected a table/object; using defaults"]
+    return data, []
+
+
+def default_model_dir() -> Path:
+    env = os.environ.get("GHOST_LSP_MODEL")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent.parent / "models" / "ghost-py-small"
+
+
+def default_db_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "ghost-lsp" / "feedback.db"
+
+
+def model_dir(s: Settings) -> Path:
+    return Path(s.model).expanduser() if s.model else default_model_dir()
+
+
+def db_path(s: Settings) -> Path:
+    return Path(s.db).expanduser() if s.db else default_db_path()
