@@ -1,0 +1,83 @@
+"""Next-token choice from one row of logits: pure numpy, no model, no state but the RNG.
+
+Order of operations (the same as OpenAI-style servers): mask → penalties → greedy or
+(temperature → top-p → sample).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log-softmax over the last axis; -inf entries stay -inf."""
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    z = x - m
+    with np.errstate(divide="ignore"):
+        return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+
+
+def apply_penalties(logits: np.ndarray, counts: np.ndarray, frequency_penalty: float,
+                    presence_penalty: float) -> np.ndarray:
+    """OpenAI semantics: logit -= frequency_penalty * count + presence_penalty * (count > 0).
+
+    `counts[i]` is how often token i was generated so far (same length as logits).
+    Returns a new array; the input is not modified.
+    """
+    if not frequency_penalty and not presence_penalty:
+        return logits
+    counts = np.asarray(counts)
+    return logits - (frequency_penalty * counts + presence_penalty * (counts > 0))
+
+
+def top_p_filter(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Keep the smallest set of most probable tokens whose mass reaches top_p; renormalise."""
+    if top_p >= 1.0:
+        return probs
+    order = np.argsort(-probs, kind="stable")
+    cum = np.cumsum(probs[order])
+    # The first index where the mass reaches top_p is included, so at least one token stays.
+    keep_n = int(np.searchsorted(cum, top_p * cum[-1], side="left")) + 1
+    out = np.zeros_like(probs)
+    kept = order[:keep_n]
+    out[kept] = probs[kept]
+    return out / out.sum()
+
+
+def choose_token(logits: np.ndarray, *, temperature: float = 0.0, top_p: float = 1.0,
+                 counts: np.ndarray | None = None, frequency_penalty: float = 0.0,
+                 presence_penalty: float = 0.0, mask: np.ndarray | None = None,
+                 rng: np.random.Generator | None = None) -> tuple[int, float]:
+    """Pick the next token; return (token id, its log-prob).
+
+    `mask` is a boolean array, True = allowed. The log-prob is taken under the final
+    distribution the token was drawn from (after penalties, temperature and top-p). For
+    greedy decoding that distribution is a point mass, so instead the log-softmax of the
+    (masked) logits before penalties is returned: what the model itself thought, which is
+    what a ranker wants.
+    """
+    raw = np.asarray(logits, dtype=np.float64)
+    if mask is not None:
+        if not mask.any():
+            raise ValueError("every token is masked")
+        raw = np.where(mask, raw, -np.inf)
+    penalised = raw
+    if counts is not None:
+        penalised = apply_penalties(raw, counts, frequency_penalty, presence_penalty)
+    if temperature <= 0.0:
+        tok = int(np.argmax(penalised))
+        return tok, float(log_softmax(raw)[tok])
+    logp = log_softmax(penalised / temperature)
+    probs = np.exp(logp)
+    probs = top_p_filter(probs, top_p)
+    if rng is None:
+        rng = np.random.default_rng()
+    # Inverse-CDF draw: one uniform number per step keeps seeded runs reproducible.
+    cum = np.cumsum(probs)
+    tok = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+    tok = min(tok, len(probs) - 1)
+    while probs[tok] == 0.0:  # float edge: landed on a zeroed slot after the last kept one
+        tok -= 1
+    return tok, float(np.log(probs[tok]))

@@ -1,0 +1,96 @@
+"""Sampling: greedy, temperature, top-p, OpenAI-style penalties, masks, seeded RNG."""
+
+import numpy as np
+import pytest
+
+from ghost_lsp.engine.sampling import apply_penalties, choose_token, log_softmax, top_p_filter
+
+
+def test_log_softmax_normalises_and_keeps_minus_inf():
+    x = np.array([1.0, 2.0, -np.inf, 0.5])
+    lp = log_softmax(x)
+    assert np.isclose(np.exp(lp).sum(), 1.0)
+    assert lp[2] == -np.inf
+    assert np.isclose(lp[1] - lp[0], 1.0)
+
+
+def test_greedy_is_argmax_with_raw_logprob():
+    logits = np.array([0.1, 3.0, 2.9, -1.0])
+    tok, lp = choose_token(logits, temperature=0.0)
+    assert tok == 1
+    assert lp == pytest.approx(log_softmax(logits)[1])
+
+
+def test_penalties_follow_openai_formula():
+    logits = np.array([1.0, 1.0, 1.0, 1.0])
+    counts = np.array([2, 1, 0, 5])
+    out = apply_penalties(logits, counts, frequency_penalty=0.5, presence_penalty=0.3)
+    np.testing.assert_allclose(out, [1 - 1.0 - 0.3, 1 - 0.5 - 0.3, 1.0, 1 - 2.5 - 0.3])
+    assert apply_penalties(logits, counts, 0.0, 0.0) is logits  # no-op costs nothing
+
+
+def test_penalties_change_the_greedy_choice_but_not_the_reported_logprob():
+    logits = np.array([2.0, 1.8, 0.0])
+    counts = np.array([1, 0, 0])
+    assert choose_token(logits, counts=counts)[0] == 0
+    tok, lp = choose_token(logits, counts=counts, presence_penalty=0.5)
+    assert tok == 1
+    assert lp == pytest.approx(log_softmax(logits)[1])  # greedy reports the model's own belief
+    assert choose_token(logits, counts=counts, frequency_penalty=0.1)[0] == 0  # 2.0-0.1 > 1.8
+
+
+def test_negative_penalty_encourages_repeats():
+    logits = np.array([1.0, 1.2])
+    assert choose_token(logits, counts=np.array([3, 0]), frequency_penalty=-0.1)[0] == 0
+
+
+def test_mask_is_respected_greedy_and_sampled():
+    logits = np.array([5.0, 1.0, 0.5, 4.0])
+    mask = np.array([False, True, True, False])
+    assert choose_token(logits, mask=mask)[0] == 1
+    rng = np.random.default_rng(0)
+    picks = {choose_token(logits, temperature=1.5, mask=mask, rng=rng)[0] for _ in range(200)}
+    assert picks == {1, 2}
+    with pytest.raises(ValueError):
+        choose_token(logits, mask=np.zeros(4, dtype=bool))
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = np.array([0.05, 0.5, 0.15, 0.3])
+    np.testing.assert_allclose(top_p_filter(probs, 0.8), [0, 0.5 / 0.8, 0, 0.3 / 0.8])
+    assert np.count_nonzero(top_p_filter(probs, 0.81)) == 3
+    assert np.count_nonzero(top_p_filter(probs, 0.01)) == 1  # never empty
+    assert top_p_filter(probs, 1.0) is probs
+
+
+def test_sampling_matches_the_distribution_and_reports_its_logprob():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    rng = np.random.default_rng(123)
+    n = 4000
+    draws = [choose_token(logits, temperature=1.0, top_p=0.8, rng=rng) for _ in range(n)]
+    toks = np.array([t for t, _ in draws])
+    assert set(toks.tolist()) == {0, 1}  # outside the nucleus never drawn
+    assert abs((toks == 0).mean() - 0.5 / 0.8) < 0.03
+    lp = dict(draws)
+    assert lp[0] == pytest.approx(np.log(0.5 / 0.8))
+    assert lp[1] == pytest.approx(np.log(0.3 / 0.8))
+
+
+def test_temperature_sharpens_and_flattens():
+    logits = np.array([1.0, 0.0])
+    def share0(t):
+        rng = np.random.default_rng(7)
+        return np.mean([choose_token(logits, temperature=t, rng=rng)[0] == 0 for _ in range(2000)])
+    p_cold, p_one, p_hot = share0(0.2), share0(1.0), share0(5.0)
+    assert p_cold > 0.97
+    assert abs(p_one - 1 / (1 + np.exp(-1))) < 0.04
+    assert abs(p_hot - 1 / (1 + np.exp(-0.2))) < 0.04
+
+
+def test_seeded_runs_repeat():
+    logits = np.random.default_rng(1).normal(size=50)
+    def run(seed):
+        rng = np.random.default_rng(seed)
+        return [choose_token(logits, temperature=1.0, rng=rng)[0] for _ in range(30)]
+    assert run(5) == run(5)
+    assert run(5) != run(6)
