@@ -1,0 +1,342 @@
+"""Local engine: a ghost-lsp model folder run with plain onnxruntime + tokenizers + numpy.
+
+No torch, transformers or optimum here: the server imports this, and those cost seconds of
+start-up and hundreds of MB. The decode loop prefills the prompt once, then feeds one token
+per step with the previous step's `present.*` outputs as `past_key_values.*` inputs.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ghost_lsp.engine.base import EngineError
+from ghost_lsp.engine.healing import Healer, advance, heal_split, token_bytes_table
+from ghost_lsp.engine.sampling import choose_token, log_softmax
+from ghost_lsp.manifest import Manifest
+from ghost_lsp.types import Candidate, SamplingParams
+
+log = logging.getLogger(__name__)
+
+_NP_TYPES = {
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+    "tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(bool)": np.bool_,
+}
+
+
+def default_providers() -> list[str]:
+    """CUDA when this onnxruntime build has it (onnxruntime-gpu), else CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class Decoder:
+    """One ONNX decoder-with-past session; builds whatever inputs the graph declares.
+
+    Optimum's exports differ by architecture and version (GPT-2 has sometimes lacked
+    attention_mask/position_ids; KV layouts differ), so shapes and dtypes come from the
+    session's input metadata instead of assumptions. Not thread-safe; the engine locks.
+    """
+
+    def __init__(self, session, source: str = "model.onnx"):
+        self.session = session
+        self.past: dict[str, tuple[tuple, type, int]] = {}  # name -> (zero-length shape, dtype, seq axis)
+        self.extra: dict[str, type] = {}
+        self.input_ids_type = np.int64
+        for inp in session.get_inputs():
+            dtype = _NP_TYPES.get(inp.type)
+            if dtype is None:
+                raise EngineError(f"{source}: input {inp.name} has unsupported type {inp.type}")
+            if inp.name == "input_ids":
+                self.input_ids_type = dtype
+            elif inp.name in ("attention_mask", "position_ids"):
+                self.extra[inp.name] = dtype
+            elif inp.name.startswith("past"):
+                shape, seq_axis = [], None
+                for axis, dim in enumerate(inp.shape):
+                    if isinstance(dim, int) and dim > 0:
+                        shape.append(dim)
+                    elif axis == 0:
+                        shape.append(1)  # batch
+                    else:
+                        shape.append(0)  # past sequence length: empty cache on the first step
+                        seq_axis = axis
+                if seq_axis is None:
+                    raise EngineError(f"{source}: cannot find the sequence axis of {inp.name} {inp.shape}")
+                self.past[inp.name] = (tuple(shape), dtype, seq_axis)
+            else:
+                raise EngineError(f"{source}: unsupported model input {inp.name!r} "
+                                  "(expected input_ids, attention_mask, position_ids, past_key_values.*)")
+        names = [o.name for o in session.get_outputs()]
+        self.logits_name = "logits" if "logits" in names else names[0]
+        self.present_to_past = {}
+        for name in names:
+            if name.startswith("present"):
+                past_name = "past_key_values" + name[len("present"):]
+                if past_name in self.past:
+                    self.present_to_past[name] = past_name
+        missing = set(self.past) - set(self.present_to_past.values())
+        if missing:
+            raise EngineError(f"{source}: no present.* output for {sorted(missing)}")
+        self.output_names = [self.logits_name] + list(self.present_to_past)
+        shape = next(o.shape for o in session.get_outputs() if o.name == self.logits_name)
+        self.vocab_size = shape[-1] if isinstance(shape[-1], int) else None
+
+    def empty_past(self) -> dict[str, np.ndarray]:
+        return {n: np.zeros(shape, dtype=dt) for n, (shape, dt, _) in self.past.items()}
+
+    def past_length(self, past: dict[str, np.ndarray]) -> int:
+        if not past:
+            return 0
+        name, (_, _, axis) = next(iter(self.past.items()))
+        return past[name].shape[axis]
+
+    def truncate_past(self, past: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+        """Keep the first `length` positions of a cache (for reuse across prompts)."""
+        out = {}
+        for n, arr in past.items():
+            index = [slice(None)] * arr.ndim
+            index[self.past[n][2]] = slice(0, length)
+            out[n] = np.ascontiguousarray(arr[tuple(index)])
+        return out
+
+    def run(self, ids: list[int], past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Feed `ids` after `past`; return logits for every fed position (n, vocab) and the new cache."""
+        past_len = self.past_length(past)
+        n = len(ids)
+        feed = {"input_ids": np.asarray([ids], dtype=self.input_ids_type)}
+        if "attention_mask" in self.extra:
+            feed["attention_mask"] = np.ones((1, past_len + n), dtype=self.extra["attention_mask"])
+        if "position_ids" in self.extra:
+            feed["position_ids"] = np.arange(past_len, past_len + n, dtype=self.extra["position_ids"])[None, :]
+        feed.update(past)
+        outs = self.session.run(self.output_names, feed)
+        present = {self.present_to_past[name]: arr for name, arr in zip(self.output_names[1:], outs[1:])}
+        return outs[0][0], present
+
+
+def _visible_text(data: bytes) -> str:
+    """Decode UTF-8, holding back an incomplete trailing character (it may finish next step)."""
+    return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=False)
+
+
+class OnnxEngine:
+    """The Engine protocol over a local model folder (see ghost_lsp/manifest.py).
+
+    One generate() at a time: calls are serialised by a lock (the server runs them on an
+    executor thread; two concurrent sessions would only fight over the same cores).
+    """
+
+    def __init__(self, model_dir: str | Path, providers: list[str] | None = None, *,
+                 intra_op_threads: int | None = None, token_healing: bool = True,
+                 reuse_kv: bool = True):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.path = Path(model_dir)
+        if not self.path.is_dir():
+            raise EngineError(f"{self.path}: model folder not found")
+        try:
+            self.manifest = Manifest.load(self.path)
+        except ValueError as e:
+            raise EngineError(str(e)) from None
+        self.model_id = self.manifest.model_id
+        onnx_path = self.path / self.manifest.onnx
+        tok_path = self.path / self.manifest.tokenizer
+        if not onnx_path.is_file():
+            raise EngineError(f"{onnx_path}: ONNX model file missing")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tok_path))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exception subclasses
+            raise EngineError(f"{tok_path}: unreadable tokenizer: {e}") from None
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads or min(2, os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # ORT's own warnings would go to stderr unformatted
+        providers = providers or default_providers()
+        try:
+            session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types per failure
+            raise EngineError(f"{onnx_path}: cannot load ONNX model: {e}") from None
+        self.provider = session.get_providers()[0]
+        self.decoder = Decoder(session, str(onnx_path))
+        log.info("loaded %s from %s on %s (%d intra-op threads)", self.model_id, self.path,
+                 self.provider, opts.intra_op_num_threads)
+
+        size = self.decoder.vocab_size or self.tokenizer.get_vocab_size(with_added_tokens=True)
+        self.token_bytes, special = token_bytes_table(self.tokenizer, size)
+        self.token_bytes = self.token_bytes[:size]
+        self.eos_id = self.tokenizer.token_to_id(self.manifest.eos_token)
+        # Control tokens (FIM markers, pad) must never be generated; ids past the tokenizer's
+        # vocabulary (padded embedding rows) are not text at all.
+        banned = np.zeros(size, dtype=bool)
+        banned[[i for i in special if i < size]] = True
+        banned[self.tokenizer.get_vocab_size(with_added_tokens=True):] = True
+        self._allowed = ~banned
+        if self.eos_id is not None and self.eos_id < size:
+            self._allowed[self.eos_id] = True
+        self._healer = Healer(self.token_bytes, banned) if token_healing else None
+        self.reuse_kv = reuse_kv
+        self._kv_ids: list[int] = []
+        self._kv_past: dict[str, np.ndarray] | None = None
+        self._kv_logits: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    # -- generation -----------------------------------------------------------------------
+
+    def _prefill(self, ids: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Run the prompt, reusing the cached KV of the longest shared prefix with the last prompt.
+
+        An identical prompt returns the cached logits: dynamic int8 picks activation scales per
+        call, so re-running even one token would shift the logits and break seeded repeats.
+        """
+        if self.reuse_kv and self._kv_past is not None and self._kv_ids == ids:
+            return self._kv_logits, self._kv_past
+        common = 0
+        if self.reuse_kv and self._kv_past is not None:
+            for a, b in zip(self._kv_ids, ids):
+                if a != b:
+                    break
+                common += 1
+            common = min(common, len(ids) - 1)  # at least one token must run to get logits
+        if common > 0:
+            past = self.decoder.truncate_past(self._kv_past, common)
+            logits, present = self.decoder.run(ids[common:], past)
+        else:
+            logits, present = self.decoder.run(ids, self.decoder.empty_past())
+        if self.reuse_kv:
+            self._kv_ids, self._kv_past, self._kv_logits = list(ids), present, logits[-1]
+        return logits[-1], present
+
+    def generate(self, prompt: str, params: SamplingParams, cancel: threading.Event | None = None,
+                 deadline: float | None = None) -> Candidate:
+        """Generate one continuation (see Engine.generate).
+
+        The prompt's last token(s) are re-chosen by the model (token healing); the returned
+        text starts right after the prompt. `token_ids`/`logprobs` are every generated token,
+        so the first ones may re-spell the healed prompt tail.
+        """
+        with self._lock:
+            return self._generate(prompt, params, cancel, deadline)
+
+    def _generate(self, prompt, params, cancel, deadline) -> Candidate:
+        t0 = time.perf_counter()
+        ctx = self.manifest.context_length
+        max_new = max(0, int(params.max_new_tokens))
+        ids = self.encode(prompt)
+        budget = max(1, ctx - max_new)
+        if len(ids) > budget:
+            ids = ids[-budget:]  # safety net: the prompt stage should have budgeted already
+        keep, healed = heal_split(ids, self.token_bytes) if self._healer else (len(ids), b"")
+        prompt_ids = ids[:keep]
+        if not prompt_ids:
+            if self.eos_id is None:
+                return Candidate(text="", finish_reason="length")
+            prompt_ids = [self.eos_id]  # an empty prompt starts like a new document
+        cand = Candidate(text="", prompt_tokens=len(ids))
+        if max_new == 0:
+            return cand
+
+        logits, past = self._prefill(prompt_ids)
+        t1 = time.perf_counter()
+        cand.prefill_ms = (t1 - t0) * 1000
+
+        rng = np.random.default_rng(params.seed)
+        counts = np.zeros(len(self.token_bytes), dtype=np.int32)
+        remaining = healed
+        generated = b""
+        starts: list[int] = []  # byte offset of each token in `generated`
+        stops = [s for s in params.stop if s]
+        # Re-spelling the healed tail costs steps the caller did not budget for.
+        max_steps = max_new + (len(ids) - keep)
+        text, reason = "", "length"
+        for step in range(max_steps):
+            if cancel is not None and cancel.is_set():
+                reason = "cancelled"
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                reason = "deadline"
+                break
+            mask = self._allowed
+            if remaining:
+                mask = self._healer.mask(remaining)
+                if not mask.any():  # nothing spells R: give up healing (never seen in practice)
+                    mask, remaining = self._allowed, b""
+                    generated = healed
+            tok, lp = choose_token(logits, temperature=params.temperature, top_p=params.top_p,
+                                   counts=counts, frequency_penalty=params.frequency_penalty,
+                                   presence_penalty=params.presence_penalty, mask=mask, rng=rng)
+            if tok == self.eos_id:
+                reason = "eos"
+                break
+            cand.token_ids.append(tok)
+            cand.logprobs.append(lp)
+            counts[tok] += 1
+            starts.append(len(generated))
+            generated += self.token_bytes[tok]
+            if remaining:
+                remaining = advance(remaining, self.token_bytes[tok])
+            if not remaining:
+                text = _visible_text(generated[len(healed):])
+                cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    text = text[:cut]
+                    # Drop tokens that begin inside or after the stop sequence.
+                    cut_byte = len(healed) + len(text.encode("utf-8"))
+                    n_keep = sum(1 for s in starts if s < cut_byte)
+                    del cand.token_ids[n_keep:], cand.logprobs[n_keep:]
+                    reason = "stop"
+                    break
+            if step + 1 >= max_steps:
+                break
+            if self.decoder.past_length(past) + 1 > ctx:
+                break  # context window full
+            out, past = self.decoder.run([tok], past)
+            logits = out[-1]
+        cand.text = text
+        cand.finish_reason = reason
+        cand.decode_ms = (time.perf_counter() - t1) * 1000
+        return cand
+
+    def token_logprobs(self, prompt: str, continuation: str | list[int]) -> list[float]:
+        """Log-prob of each token of `continuation` (text or token ids) given `prompt`.
+
+        One forward pass over the full model distribution (no masks, no healing): a score,
+        not a sampling trace.
+        """
+        with self._lock:
+            p = self.encode(prompt)
+            c = list(continuation) if not isinstance(continuation, str) else self.encode(continuation)
+            if not c:
+                return []
+            if not p:
+                p = [self.eos_id] if self.eos_id is not None else []
+            ids = (p + c)[-self.manifest.context_length:]
+            n_prompt = len(ids) - len(c)
+            if n_prompt < 1:
+                raise EngineError("continuation does not fit the context window with a prompt")
+            logits, _ = self.decoder.run(ids, self.decoder.empty_past())
+            lp = log_softmax(logits[n_prompt - 1:-1])
+            return [float(lp[i, t]) for i, t in enumerate(c)]
