@@ -1,0 +1,285 @@
+"""Hugging Face causal LM → validated ghost-lsp model folder (ONNX, optionally int8).
+
+Steps: optimum export (`text-generation-with-past`, one decoder file) → fp32 check against
+PyTorch → `onnxruntime.quantization.quantize_dynamic` → greedy agreement check against
+PyTorch → package (model.onnx, tokenizer.json, manifest.json). Nothing is written to the
+output folder unless validation passes.
+
+Why plain quantize_dynamic: shared/FACTS.md measured it keeping greedy output identical to
+PyTorch where optimum's ORTQuantizer diverged; either way every quantized model is checked.
+torch/transformers/optimum are imported inside the functions (the server imports nothing here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+
+# Short code-like prompts; any text works since the check compares two runs of one model.
+VALIDATION_PROMPTS = [
+    "def add(a, b):\n    return",
+    "import os\nimport sys\n\nclass Config:\n    def __init__(self",
+    "for i in range(10):\n    if i % 2 == 0:\n        print(",
+    "# read a file\nwith open(path) as f:\n",
+]
+
+
+class ExportValidationError(RuntimeError):
+    """The exported or quantized model does not reproduce the PyTorch model; `.report` says how."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+def _progress(msg: str) -> None:
+    log.info(msg)
+
+
+def _run_optimum_export(hf_dir: Path, work: Path) -> Path:
+    """Export with optimum; return the path of the single decoder-with-past ONNX file."""
+    from optimum.exporters.onnx import main_export
+
+    main_export(str(hf_dir), output=str(work), task="text-generation-with-past",
+                no_post_process=True, do_validation=False, device="cpu")
+    candidates = [work / "model.onnx", work / "decoder_with_past_model.onnx"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise RuntimeError(f"{work}: optimum produced no model.onnx ({sorted(p.name for p in work.iterdir())})")
+
+
+def _quantize(src: Path, dst: Path) -> Path:
+    """Dynamic int8 (weights int8, activations quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Per-channel scales: on tiny models per-tensor int8 flipped ~8 % of greedy tokens, per-channel none.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    return dst
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    from ghost_lsp.engine.onnx import Decoder
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return Decoder(sess, str(path))
+
+
+def _torch_greedy(model, ids: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:
+    """PyTorch greedy continuation and the logits row that chose each token (incl. the prompt's last)."""
+    import torch
+
+    seq, rows = list(ids), []
+    with torch.no_grad():
+        for _ in range(steps):
+            out = model(torch.tensor([seq])).logits[0, -1].float().numpy()
+            rows.append(out)
+            seq.append(int(np.argmax(out)))
+    return seq[len(ids):], rows
+
+
+def _onnx_teacher_forced(dec, ids: list[int], forced: list[int]) -> list[np.ndarray]:
+    """ONNX logits along a given token path, through the KV cache like the engine decodes."""
+    logits, past = dec.run(ids, dec.empty_past())
+    rows = [logits[-1]]
+    for tok in forced[:-1]:
+        logits, past = dec.run([tok], past)
+        rows.append(logits[-1])
+    return rows
+
+
+def _validate(model, prompts_ids, fp32: Path, quant: Path | None, steps: int,
+              logits_atol: float, min_agreement: float) -> dict:
+    report: dict = {"prompts": len(prompts_ids), "steps": steps, "logits_atol": logits_atol,
+                    "min_agreement": min_agreement}
+    dec32 = _session(fp32)
+    decq = _session(quant) if quant else None
+    max_diff, agree, total = 0.0, 0, 0
+    for ids in prompts_ids:
+        ref_tokens, ref_rows = _torch_greedy(model, ids, steps)
+        rows32 = _onnx_teacher_forced(dec32, ids, ref_tokens)
+        for a, b in zip(ref_rows, rows32):
+            max_diff = max(max_diff, float(np.max(np.abs(a[: len(b)] - b))))
+        if decq is not None:
+            for row, ref in zip(_onnx_teacher_forced(decq, ids, ref_tokens), ref_tokens):
+                agree += int(np.argmax(row)) == ref
+                total += 1
+    report["fp32_max_abs_logit_diff"] = max_diff
+    report["fp32_ok"] = max_diff <= logits_atol
+    if decq is not None:
+        report["int8_greedy_agreement"] = agree / total if total else 1.0
+        report["int8_ok"] = report["int8_greedy_agreement"] >= min_agreement
+    return report
+
+
+def _context_length(config) -> int:
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None = "int8",
+                tokenizer_json: str | Path | None = None, manifest_fields: dict | None = None,
+                min_agreement: float = 0.9, logits_atol: float = 1e-3, steps: int = 8,
+                prompts: list[str] | None = None) -> dict:
+    """Export, validate and package a local Hugging Face causal LM; return the validation report.
+
+    quantize: "int8" (dynamic) or None/"none". tokenizer_json defaults to hf_dir/tokenizer.json.
+    manifest_fields override manifest values (name, family, info, ...); `info` is merged.
+    Raises ExportValidationError (out_dir untouched) when fp32 logits differ from PyTorch by
+    more than logits_atol, or int8 greedy agreement along PyTorch's greedy path is below
+    min_agreement (over `prompts` × `steps`).
+    """
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ghost_lsp.manifest import Manifest
+
+    t_start = time.perf_counter()
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    quantize = None if quantize in (None, "none") else quantize
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be 'int8' or 'none', not {quantize!r}")
+    tok_path = Path(tokenizer_json) if tokenizer_json else hf_dir / "tokenizer.json"
+    if not tok_path.is_file():
+        raise FileNotFoundError(f"{tok_path}: tokenizer.json not found (pass tokenizer_json=)")
+    tokenizer = Tokenizer.from_file(str(tok_path))
+    config = AutoConfig.from_pretrained(hf_dir)
+
+    with tempfile.TemporaryDirectory(prefix="ghost-export-") as tmp:
+        work = Path(tmp)
+        _progress(f"exporting {hf_dir} with optimum")
+        fp32 = _run_optimum_export(hf_dir, work / "fp32")
+        quant = None
+        if quantize:
+            _progress("quantizing (dynamic int8)")
+            quant = _quantize(fp32, work / "model.int8.onnx")
+        _progress("validating against PyTorch")
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        ctx = _context_length(config)
+        prompts_ids = [tokenizer.encode(p, add_special_tokens=False).ids[-(ctx - steps - 1):]
+                       for p in (prompts or VALIDATION_PROMPTS)]
+        report = _validate(model, prompts_ids, fp32, quant, steps, logits_atol, min_agreement)
+        n_params = sum(p.numel() for p in model.parameters())
+        del model
+        if not report["fp32_ok"]:
+            raise ExportValidationError(
+                f"fp32 ONNX logits differ from PyTorch by {report['fp32_max_abs_logit_diff']:.3g} "
+                f"(tolerance {logits_atol})", report)
+        if quant is not None and not report["int8_ok"]:
+            raise ExportValidationError(
+                f"int8 greedy agreement {report['int8_greedy_agreement']:.1%} is below "
+                f"{min_agreement:.0%}", report)
+
+        final = quant or fp32
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("model.onnx", "model.onnx_data", "model.onnx.data"):
+            (out_dir / stale).unlink(missing_ok=True)
+        shutil.copyfile(final, out_dir / "model.onnx")
+        # A >2 GB fp32 export keeps weights in an external file next to the graph; keep it.
+        for ext in (final.with_name(final.name + "_data"), final.with_name(final.name + ".data")):
+            if ext.is_file():
+                shutil.copyfile(ext, out_dir / ("model.onnx" + ext.name[len(final.name):]))
+        if tok_path.resolve() != (out_dir / "tokenizer.json").resolve():
+            shutil.copyfile(tok_path, out_dir / "tokenizer.json")
+
+    vocab = tokenizer.get_vocab()
+    fim = all(t in vocab for t in FIM_TOKENS)
+
+    def token_name(token_id, fallback):
+        if isinstance(token_id, list):
+            token_id = token_id[0] if token_id else None
+        name = tokenizer.id_to_token(token_id) if token_id is not None else None
+        return name or fallback
+
+    fields = dict(manifest_fields or {})
+    info = {**fields.pop("info", {}), "validation": report,
+            "source": {"hf_dir": str(hf_dir), "parameters": n_params}}
+    manifest = Manifest(
+        name=fields.pop("name", hf_dir.name),
+        family="starcoder" if fim else "plain",
+        architecture=getattr(config, "model_type", "unknown"),
+        context_length=ctx,
+        quantization="int8-dynamic" if quantize else "none",
+        fim=fim,
+        eos_token="<|endoftext|>" if "<|endoftext|>" in vocab
+        else token_name(getattr(config, "eos_token_id", None), "<|endoftext|>"),
+        pad_token="<|pad|>" if "<|pad|>" in vocab
+        else token_name(getattr(config, "pad_token_id", None), "<|pad|>"),
+        info=info,
+    )
+    for key, value in fields.items():
+        if key not in Manifest.__dataclass_fields__:
+            raise ValueError(f"unknown manifest field {key!r}")
+        setattr(manifest, key, value)
+    manifest.save(out_dir)
+    report["seconds"] = round(time.perf_counter() - t_start, 2)
+    report["model_bytes"] = (out_dir / "model.onnx").stat().st_size
+    report["out_dir"] = str(out_dir)
+    _progress(f"wrote {out_dir} ({report['model_bytes'] / 1e6:.1f} MB)")
+    return report
+
+
+# -- command line -------------------------------------------------------------------------
+
+def add_model_export_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `export HF_DIR OUT_DIR` on a `ghost-lsp model` subparsers object."""
+    p = subparsers.add_parser("export", help="export a local Hugging Face causal LM to a ghost-lsp model folder")
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--quantize", choices=["int8", "none"], default="int8")
+    p.add_argument("--tokenizer", dest="tokenizer_json", default=None,
+                   help="tokenizer.json to ship (default: HF_DIR/tokenizer.json)")
+    p.add_argument("--name", default=None, help="model name in the manifest (default: HF_DIR's name)")
+    p.add_argument("--min-agreement", type=float, default=0.9,
+                   help="fail if int8 greedy agreement with PyTorch is below this (default 0.9)")
+    p.set_defaults(func=cmd_model_export)
+    return p
+
+
+def cmd_model_export(args) -> int:
+    """Progress to stderr, the validation report as JSON to stdout; exit 1 on failed validation."""
+    # Our progress at INFO on stderr; the root logger stays quiet because onnxruntime's
+    # quantizer logs one INFO line per tensor there.
+    ours = logging.getLogger("ghost_lsp")
+    if not ours.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False  # the quantizer calls basicConfig mid-run; avoid double lines
+    fields = {"name": args.name} if getattr(args, "name", None) else None
+    try:
+        # Exporters print chatter; stdout is reserved for the JSON report.
+        with contextlib.redirect_stdout(sys.stderr):
+            report = export_onnx(args.hf_dir, args.out_dir, quantize=args.quantize,
+                                 tokenizer_json=getattr(args, "tokenizer_json", None),
+                                 manifest_fields=fields,
+                                 min_agreement=getattr(args, "min_agreement", 0.9))
+    except ExportValidationError as e:
+        print(f"export failed validation: {e}", file=sys.stderr)
+        print(json.dumps({"ok": False, "error": str(e), **e.report}, indent=2))
+        return 1
+    print(json.dumps({"ok": True, **report}, indent=2))
+    return 0
