@@ -21,8 +21,10 @@ def tiny_model_dir(tiny_hf_llama, tmp_path_factory):
 
 @_pytest.fixture(scope="session")
 def tiny_model_dir_fp32(tiny_hf_llama, tmp_path_factory):
-    """The same tiny Llama exported without quantization: matches PyTorch token for token."""
-    from ghost_lsp.modelkit.export import export_onnx
-    out = tmp_path_factory.mktemp("tiny-model-fp32")
-    export_onnx(tiny_hf_llama, out, quantize=None, manifest_fields={"name": "tiny-llama"})
-    return out
+    """The same tiny Llama, unquantized: matches PyTorch token for token.
+
+    Built through build_tiny_model (seeded, so the weights equal tiny_hf_llama's): the parity
+    test then also proves the helper other tests use is reproducible.
+    """
+    from ghost_lsp.modelkit.tiny import build_tiny_model
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model-fp32"), "llama", quantize=None)

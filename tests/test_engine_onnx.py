@@ -91,6 +91,7 @@ def script(engine, monkeypatch, steps):
     monkeypatch.setattr(engine.decoder, "run", run)
 
 
+@pytest.mark.slow
 def test_healing_continues_indentation_with_split_merges(engine, monkeypatch):
     # Prompt ends in the merged token "\n    "; training split it as "\n   " + " return".
     nl3, ret = "Ċ" + "Ġ" * 3, "Ġreturn"
@@ -102,12 +103,14 @@ def test_healing_continues_indentation_with_split_merges(engine, monkeypatch):
     assert [engine.token_bytes[t] for t in c.token_ids] == [b"\n   ", b" return"]
 
 
+@pytest.mark.slow
 def test_without_healing_the_prompt_boundary_is_fixed(plain_engine, monkeypatch):
     eng = plain_engine
     script(eng, monkeypatch, [{"Ġreturn": 10}, {"<|endoftext|>": 10}])
     assert eng.generate("def f():\n    ", GREEDY).text == " return"
 
 
+@pytest.mark.slow
 def test_stop_sequence_split_across_tokens_is_excluded(plain_engine, monkeypatch):
     engine = plain_engine
     script(engine, monkeypatch, [{"def": 9}, {"Ġf": 9}, {"(": 9}, {"):": 9}])
@@ -118,18 +121,21 @@ def test_stop_sequence_split_across_tokens_is_excluded(plain_engine, monkeypatch
     assert len(c.logprobs) == len(c.token_ids)
 
 
+@pytest.mark.slow
 def test_special_tokens_are_never_generated(plain_engine, monkeypatch):
     script(plain_engine, monkeypatch, [{"<fim_prefix>": 20, "<|pad|>": 19, "<fim_middle>": 18, "x": 5}] * 3)
     c = plain_engine.generate("a = 1\n", SamplingParams(max_new_tokens=3))
     assert (c.text, c.finish_reason) == ("xxx", "length")
 
 
+@pytest.mark.slow
 def test_eos_ends_generation(plain_engine, monkeypatch):
     script(plain_engine, monkeypatch, [{"x": 5}, {"<|endoftext|>": 9}])
     c = plain_engine.generate("a = 1\n", GREEDY)
     assert (c.text, c.finish_reason, len(c.token_ids)) == ("x", "eos", 1)
 
 
+@pytest.mark.slow
 def test_cancel_stops_within_one_step(engine):
     class CancelAfter(threading.Event):
         def __init__(self, n):
@@ -149,6 +155,7 @@ def test_cancel_stops_within_one_step(engine):
     assert (c.finish_reason, c.token_ids) == ("cancelled", [])
 
 
+@pytest.mark.slow
 def test_deadline_is_respected(engine, monkeypatch):
     c = engine.generate("import os\n", GREEDY, deadline=time.monotonic() - 1)
     assert (c.finish_reason, c.text) == ("deadline", "")
@@ -199,6 +206,7 @@ def test_greedy_matches_pytorch_token_by_token(tiny_model_dir_fp32, tiny_hf_llam
     np.testing.assert_allclose(got, want[:, 0].numpy(), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_kv_reuse_gives_the_same_tokens(tiny_model_dir_fp32):
     cached = OnnxEngine(tiny_model_dir_fp32)
     fresh = OnnxEngine(tiny_model_dir_fp32, reuse_kv=False)
@@ -209,6 +217,7 @@ def test_kv_reuse_gives_the_same_tokens(tiny_model_dir_fp32):
         assert cached.generate(p, GREEDY).token_ids == fresh.generate(p, GREEDY).token_ids
 
 
+@pytest.mark.slow
 def test_generate_basics_on_int8_model(engine, capsys):
     c = engine.generate("def add(a, b):\n    ", SamplingParams(max_new_tokens=6))
     assert c.finish_reason in ("length", "eos")
@@ -225,6 +234,7 @@ def test_generate_basics_on_int8_model(engine, capsys):
     assert s1.token_ids == s2.token_ids
 
 
+@pytest.mark.slow
 def test_long_prompt_is_left_truncated(engine):
     prompt = "value = compute(value)\n" * 200
     c = engine.generate(prompt, SamplingParams(max_new_tokens=4))
@@ -232,6 +242,7 @@ def test_long_prompt_is_left_truncated(engine):
     assert len(c.token_ids) >= 1
 
 
+@pytest.mark.slow
 def test_concurrent_calls_are_serialised(engine):
     want = engine.generate("import sys\n", GREEDY).token_ids
     results = []
@@ -246,6 +257,7 @@ def test_concurrent_calls_are_serialised(engine):
 
 # -- load errors name the path -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_load_errors_name_the_path(tmp_path, tiny_model_dir):
     with pytest.raises(EngineError, match="missing-folder"):
         OnnxEngine(tmp_path / "missing-folder")
@@ -275,3 +287,13 @@ def test_load_errors_name_the_path(tmp_path, tiny_model_dir):
     (d / "manifest.json").write_text("[]")
     with pytest.raises(EngineError, match="bad-manifest"):
         OnnxEngine(d)
+
+
+def test_serving_imports_stay_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, ghost_lsp.engine.onnx, ghost_lsp.modelkit.export, ghost_lsp.modelkit.tiny; "
+            "heavy = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -77,6 +77,9 @@ class Decoder:
             else:
                 raise EngineError(f"{source}: unsupported model input {inp.name!r} "
                                   "(expected input_ids, attention_mask, position_ids, past_key_values.*)")
+        if not self.past:
+            raise EngineError(f"{source}: the graph has no past_key_values inputs; export it with "
+                              "task text-generation-with-past (ghost-lsp model export does)")
         names = [o.name for o in session.get_outputs()]
         self.logits_name = "logits" if "logits" in names else names[0]
         self.present_to_past = {}
