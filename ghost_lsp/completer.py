@@ -1,0 +1,229 @@
+"""Runs the stages for one request: context → prompt → engine → filters → rank.
+
+Used by the LSP server and by `ghost-lsp complete` alike; knows nothing of LSP.
+Inference runs on one worker thread (one inference at a time); the event loop stays free
+to read messages, and a cancelled request sets the engine's cancel event so decoding
+stops within one token step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache, partial
+from pathlib import PurePosixPath
+from typing import Any, Callable
+
+from ghost_lsp.context import collect_context
+from ghost_lsp.engine.base import Engine
+from ghost_lsp.filters import apply_filters
+from ghost_lsp.prompt import build_prompt
+from ghost_lsp.rank import rank
+from ghost_lsp.settings import Settings
+from ghost_lsp.types import Candidate, Completion, CompletionRequest, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern:
+    """Translate a gitignore-like glob: `**` spans directories, `*` and `?` do not."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def is_excluded(path: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    """True if `path` matches a glob. A pattern without "/" matches the file name anywhere;
+    a relative pattern with "/" may start in any directory."""
+    if not path:
+        return False
+    p = path.replace("\\", "/")
+    name = PurePosixPath(p).name
+    for pat in patterns:
+        if "/" not in pat:
+            if _glob_regex(pat).match(name):
+                return True
+            continue
+        if not pat.startswith(("/", "**")):
+            pat = "**/" + pat
+        if _glob_regex(pat).match(p.lstrip("/")) or _glob_regex(pat).match(p):
+            return True
+    return False
+
+
+def want_multiline(mode: str, request_multiline: bool, line_prefix: str, line_suffix: str) -> bool:
+    """Multi-line when asked, or in "auto" at a fresh line or right after a block opener."""
+    if mode == "always":
+        return True
+    if mode == "never" or not request_multiline:
+        return False
+    if line_suffix.strip():
+        return False  # text right of the cursor: complete this line only
+    stripped = line_prefix.strip()
+    return stripped == "" or stripped.endswith(":")
+
+
+class Completer:
+    """Long-lived: holds the engine, the settings and the feedback store."""
+
+    def __init__(self, engine: Engine | None, settings: Settings, store: Any = None):
+        self.engine = engine
+        self.settings = settings
+        self.store = store
+        # One worker: inferences are serialised and a queued one that is cancelled never runs.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghost-infer")
+        # The newest request for a document supersedes an older one still running.
+        self._running: dict[str, threading.Event] = {}
+
+    def close(self) -> None:
+        for ev in self._running.values():
+            ev.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- feedback, called by the front end once a suggestion is really shown/accepted ---
+
+    def shown(self, completion: Completion, request: CompletionRequest) -> None:
+        if self.store is not None and self.settings.feedback:
+            self.store.record_shown(completion, request)
+
+    def event(self, suggestion_id: str, kind: str, detail: dict | None = None) -> None:
+        if self.store is not None and self.settings.feedback:
+            self.store.record_event(suggestion_id, kind, detail)
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    async def _in_worker(self, fn: Callable, cancel: threading.Event) -> Any:
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # The worker thread cannot be interrupted; the engine polls this between steps.
+            cancel.set()
+            raise
+
+    async def complete(
+        self, req: CompletionRequest, text: str, open_docs: dict[str, str] | None = None
+    ) -> Completion | None:
+        """The best suggestion for `req` in `text`, or None (disabled, excluded, no model,
+        bad position, nothing worth showing). Raises only asyncio.CancelledError."""
+        s, engine = self.settings, self.engine
+        if engine is None or not s.enabled or "\x00" in text or is_excluded(req.path, s.exclude):
+            return None
+        if s.debounce_ms:
+            await asyncio.sleep(s.debounce_ms / 1000)
+
+        cancel = threading.Event()
+        previous = self._running.get(req.uri)
+        if previous is not None:
+            previous.set()
+        self._running[req.uri] = cancel
+        try:
+            return await self._complete(req, text, open_docs, engine, s, cancel)
+        finally:
+            if self._running.get(req.uri) is cancel:
+                del self._running[req.uri]
+
+    async def _complete(self, req, text, open_docs, engine, s: Settings, cancel) -> Completion | None:
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + s.deadline_ms / 1000
+        timings: dict[str, float] = {}
+
+        try:
+            ctx = collect_context(
+                text, req.line, req.character, path=req.path, language=req.language, open_docs=open_docs
+            )
+        except ValueError as e:
+            log.debug("no context: %s", e)
+            return None
+        t1 = time.perf_counter()
+        timings["context_ms"] = (t1 - t0) * 1000
+
+        try:
+            prompt = await self._in_worker(
+                partial(build_prompt, ctx, engine.manifest, engine.count_tokens, s.max_new_tokens), cancel
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("prompt stage failed")
+            return None
+        t2 = time.perf_counter()
+        timings["prompt_ms"] = (t2 - t1) * 1000
+
+        candidates: list[Candidate] = []
+        for i in range(s.n):
+            if cancel.is_set() or (i > 0 and time.monotonic() >= deadline):
+                break
+            params = SamplingParams(
+                max_new_tokens=s.max_new_tokens,
+                temperature=0.0 if i == 0 else s.temperature,  # first greedy, others sampled
+                top_p=s.top_p,
+                frequency_penalty=s.frequency_penalty,
+                presence_penalty=s.presence_penalty,
+                stop=list(prompt.stop),
+            )
+            try:
+                cand = await self._in_worker(partial(engine.generate, prompt.text, params, cancel, deadline), cancel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("engine failed")
+                break
+            if cand.finish_reason == "cancelled":
+                return None  # superseded by a newer request for this document
+            candidates.append(cand)
+        t3 = time.perf_counter()
+        timings["generate_ms"] = (t3 - t2) * 1000
+        timings["prefill_ms"] = sum(c.prefill_ms for c in candidates)
+        timings["decode_ms"] = sum(c.decode_ms for c in candidates)
+        if not candidates:
+            return None
+
+        try:
+            line_suffix = ctx.suffix.split("\n", 1)[0]
+            multiline = want_multiline(s.multiline, req.multiline, ctx.current_line_prefix, line_suffix)
+            kept = [apply_filters(c.text, ctx, multiline=multiline) for c in candidates]
+            order = rank(candidates, kept)
+        except Exception:
+            log.exception("filter/rank stage failed")
+            return None
+        t4 = time.perf_counter()
+        timings["filters_ms"] = (t4 - t3) * 1000
+        timings["total_ms"] = (t4 - t0) * 1000
+        if not order:
+            log.debug("all %d candidates filtered out: %s", len(kept), [r for _, r in kept])
+            return None
+
+        best = order[0]
+        return Completion(
+            id=uuid.uuid4().hex,
+            text=kept[best][0],
+            candidate=candidates[best],
+            cut_reasons=kept[best][1],
+            timings_ms={k: round(v, 2) for k, v in timings.items()},
+            prompt_template=prompt.template,
+            prompt_hash=hashlib.sha256(prompt.text.encode("utf-8")).hexdigest()[:16],
+            model_id=getattr(engine, "model_id", ""),
+        )
