@@ -1,0 +1,241 @@
+"""The `ghost-lsp` command: serve, complete, model.
+
+Logs go to stderr (or --log-file), never stdout: for `serve` over stdio, stdout is the
+LSP stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ghost_lsp import __version__
+from ghost_lsp.settings import LOG_LEVELS, Settings, default_model_dir, from_dict, load_file
+
+log = logging.getLogger("ghost_lsp")
+
+
+def _setup_logging(level: str, log_file: str | None) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.handlers.clear()
+    err = logging.StreamHandler(sys.stderr)
+    err.setFormatter(fmt)
+    if log_file:
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+        err.setLevel(logging.WARNING)  # problems still reach stderr
+    root.addHandler(err)
+    root.setLevel(logging.WARNING)  # third-party chatter stays quiet
+    logging.getLogger("ghost_lsp").setLevel(level)
+
+
+def _base_settings(args: argparse.Namespace, overrides: dict) -> tuple[Settings, list[str]]:
+    """defaults ← --config FILE ← command-line flags."""
+    warnings: list[str] = []
+    data: dict = {}
+    if getattr(args, "config", None):
+        data, warnings = load_file(args.config)
+    s, more = from_dict(data)
+    warnings += more
+    s, more = from_dict({k: v for k, v in overrides.items() if v is not None}, s)
+    return s, warnings + more
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    base, warnings = _base_settings(args, {"model": args.model, "db": args.db})
+    _setup_logging(args.log_level or base.log_level, args.log_file)
+    for w in warnings:
+        log.warning("%s", w)
+
+    from ghost_lsp.server import create_server
+
+    server = create_server(base, warnings)
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"ghost-lsp: --tcp expects HOST:PORT, got {args.tcp!r}", file=sys.stderr)
+            return 2
+        log.info("ghost-lsp %s listening on %s:%s", __version__, host, port)
+        server.start_tcp(host, int(port))
+        return 0
+    # Keep the LSP stream to ourselves: fd 1 now points at stderr, so a stray print or a
+    # C library writing to stdout cannot corrupt the protocol.
+    lsp_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    log.info("ghost-lsp %s on stdio", __version__)
+    server.start_io(sys.stdin.buffer, lsp_out)
+    return 0
+
+
+# -- complete -------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> int:
+    print(f"ghost-lsp: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    overrides = {"model": args.model, "n": args.n, "max_new_tokens": args.max_new_tokens,
+                 "debounce_ms": 0, "feedback": False}
+    s, warnings = _base_settings(args, overrides)
+    _setup_logging(args.log_level or "WARNING", None)
+    for w in warnings:
+        log.warning("%s", w)
+
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return _fail(f"cannot read {path}: {e}")
+    lines = text.split("\n")
+    if not 1 <= args.line <= len(lines):
+        return _fail(f"--line {args.line} is outside {path} (1..{len(lines)})")
+    line_text = lines[args.line - 1].rstrip("\r")
+    if not 1 <= args.col <= len(line_text) + 1:
+        return _fail(f"--col {args.col} is outside line {args.line} (1..{len(line_text) + 1})")
+
+    from ghost_lsp.completer import Completer
+    from ghost_lsp.engine.base import EngineError
+    from ghost_lsp.settings import model_dir
+
+    folder = model_dir(s)
+    try:
+        from ghost_lsp.engine.onnx import OnnxEngine
+
+        engine = OnnxEngine(folder)
+    except (EngineError, ImportError, OSError, ValueError) as e:
+        return _fail(f"cannot load the model from {folder}: {e}")
+
+    from ghost_lsp.server import _LANGUAGES  # one extension table for both front ends
+    from ghost_lsp.types import CompletionRequest
+
+    req = CompletionRequest(uri=path.resolve().as_uri(), version=None, line=args.line - 1,
+                            character=args.col - 1, language=_LANGUAGES.get(path.suffix.lower(), "plaintext"),
+                            path=str(path.resolve()), trigger="invoked")
+    completer = Completer(engine, s, None)
+    try:
+        completion = asyncio.run(completer.complete(req, text))
+    finally:
+        completer.close()
+
+    if args.json:
+        out = {"file": str(path), "line": args.line, "col": args.col, "model_id": engine.model_id,
+               "text": None, "timings_ms": {}}
+        if completion is not None:
+            cand = completion.candidate
+            out.update(text=completion.text, id=completion.id, prompt_template=completion.prompt_template,
+                       cut_reasons=completion.cut_reasons, timings_ms=completion.timings_ms,
+                       finish_reason=cand.finish_reason if cand else None,
+                       generated_tokens=len(cand.token_ids) if cand else None)
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    if completion is None:
+        print(f"(no suggestion at {path}:{args.line}:{args.col} from {engine.model_id})")
+        return 0
+    t = completion.timings_ms
+    print(f"--- suggestion at {path}:{args.line}:{args.col} from {engine.model_id} "
+          f"(prompt {completion.prompt_template or '?'}) ---")
+    print(completion.text)
+    ntok = len(completion.candidate.token_ids) if completion.candidate else 0
+    print(f"--- prefill {t.get('prefill_ms', 0):.1f} ms · decode {t.get('decode_ms', 0):.1f} ms "
+          f"({ntok} tokens) · filters {t.get('filters_ms', 0):.1f} ms · total {t.get('total_ms', 0):.1f} ms")
+    if completion.cut_reasons:
+        print(f"--- cut: {', '.join(completion.cut_reasons)}")
+    return 0
+
+
+# -- model (training extras, loaded only when asked for) ---------------------------------
+
+
+def _add_model_commands(model_sub) -> list[str]:
+    """Let the modelkit modules add their subcommands; return why any are missing."""
+    missing = []
+    try:
+        from ghost_lsp.modelkit.train import add_model_parsers
+
+        add_model_parsers(model_sub)
+    except ImportError as e:
+        missing.append(f"corpus/tokenizer/train ({e})")
+    try:
+        from ghost_lsp.modelkit.export import add_model_export_parser, cmd_model_export
+
+        p = add_model_export_parser(model_sub)
+        if isinstance(p, argparse.ArgumentParser) and p.get_default("func") is None:
+            p.set_defaults(func=cmd_model_export)
+    except ImportError as e:
+        missing.append(f"export ({e})")
+    return missing
+
+
+def build_parser(with_model: bool = False) -> tuple[argparse.ArgumentParser, list[str]]:
+    p = argparse.ArgumentParser(prog="ghost-lsp", description="AI code-autocomplete language server.")
+    p.add_argument("--version", action="version", version=f"ghost-lsp {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    model_help = f"model folder (default: $GHOST_LSP_MODEL or {default_model_dir()})"
+    sp = sub.add_parser("serve", help="run the language server (stdio unless --tcp)")
+    sp.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
+    sp.add_argument("--model", metavar="DIR", help=model_help)
+    sp.add_argument("--db", metavar="PATH", help="feedback database (default: $XDG_DATA_HOME/ghost-lsp/feedback.db)")
+    sp.add_argument("--config", metavar="FILE", help="settings file, TOML or JSON (keys as in README; optional [ghost] table)")
+    sp.add_argument("--log-file", metavar="F", help="write logs here (warnings still go to stderr)")
+    sp.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS)
+    sp.set_defaults(func=cmd_serve)
+
+    cp = sub.add_parser("complete", help="complete one position in a file, without an editor",
+                        description="Run the server's completion pipeline on FILE at a position. "
+                                    "LINE and COL are 1-based, as editors show them; COL counts characters.")
+    cp.add_argument("file", metavar="FILE")
+    cp.add_argument("--line", type=int, required=True, metavar="N", help="1-based line number")
+    cp.add_argument("--col", type=int, required=True, metavar="N", help="1-based column, in characters")
+    cp.add_argument("--model", metavar="DIR", help=model_help)
+    cp.add_argument("--config", metavar="FILE", help="settings file, TOML or JSON")
+    cp.add_argument("--json", action="store_true", help="print one JSON object")
+    cp.add_argument("--n", type=int, metavar="K", help="candidates to generate (first greedy, others sampled)")
+    cp.add_argument("--max-new-tokens", type=int, metavar="M")
+    cp.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS)
+    cp.set_defaults(func=cmd_complete)
+
+    missing: list[str] = []
+    if with_model:
+        mp = sub.add_parser("model", help="build, train and export models (needs the [train] extra)")
+        model_sub = mp.add_subparsers(dest="model_command", required=True)
+        missing = _add_model_commands(model_sub)
+    else:
+        # Listed in --help without importing the training code (and torch) for `serve`.
+        sub.add_parser("model", help="build, train and export models (needs the [train] extra)", add_help=False)
+    return p, missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with_model = bool(argv) and argv[0] == "model"
+    parser, missing = build_parser(with_model)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        if with_model and missing and (len(argv) < 2 or argv[1] not in ("-h", "--help")):
+            print("ghost-lsp model: unavailable: " + "; ".join(missing)
+                  + ". Training needs the extra: pip install 'ghost-lsp[train]'", file=sys.stderr)
+        return int(e.code or 0)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""The language server: LSP messages ⇄ CompletionRequest / Completion. Nothing else.
+
+Prompting, inference and filtering live in `Completer`; this module only validates
+params, converts positions between the negotiated encoding and code points, and shapes
+results the way editors accept them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import PurePath
+from typing import Any
+from urllib.parse import unquote
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+from pygls.workspace import TextDocument
+from pygls.workspace.position_codec import ServerTextPosition
+
+from ghost_lsp import __version__
+from ghost_lsp.completer import Completer
+from ghost_lsp.feedback import FeedbackStore
+from ghost_lsp.settings import Settings, db_path, from_dict, model_dir
+from ghost_lsp.types import Completion, CompletionRequest
+
+log = logging.getLogger(__name__)
+
+ACCEPT_COMMAND = "ghost.accept"
+# Requests whose malformed params (e.g. a negative position) get an empty answer, not silence.
+_EMPTY_ON_BAD_PARAMS = {types.TEXT_DOCUMENT_INLINE_COMPLETION, types.TEXT_DOCUMENT_COMPLETION}
+_LANGUAGES = {".py": "python", ".pyi": "python", ".js": "javascript", ".ts": "typescript",
+              ".rs": "rust", ".go": "go", ".c": "c", ".h": "c", ".cpp": "cpp", ".java": "java",
+              ".sh": "shellscript", ".md": "markdown", ".toml": "toml", ".json": "json"}
+
+
+class _Answered:
+    """Stands in for a message we already answered; pygls ignores unknown jsonrpc versions."""
+
+    jsonrpc = "answered-by-ghost-lsp"
+
+
+class GhostProtocol(LanguageServerProtocol):
+    def structure_message(self, data: dict[str, Any]):
+        # pygls drops a request whose params fail validation without answering it, and
+        # the client waits until its timeout. Answer it here.
+        try:
+            return super().structure_message(data)
+        except JsonRpcException:
+            if "id" in data and "method" in data:
+                log.warning("invalid params for %s (id %s)", data["method"], data["id"])
+                if data["method"] in _EMPTY_ON_BAD_PARAMS:
+                    self._send_response(data["id"], result=None)
+                else:
+                    self._send_response(data["id"], error=JsonRpcInvalidParams().to_response_error())
+                return _Answered()
+            raise
+
+
+class GhostServer(LanguageServer):
+    """Holds the long-lived pieces: settings, engine (loaded lazily), feedback store, completer."""
+
+    def __init__(self, base: Settings, warnings: list[str] | None = None):
+        super().__init__("ghost-lsp", __version__, protocol_cls=GhostProtocol,
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.base = base  # defaults ← config file ← command line
+        self.init_options: Any = None
+        self.settings = base
+        self.pending_warnings: list[str] = list(warnings or [])
+        self.completer = Completer(None, base, None)
+        self.store: FeedbackStore | None = None
+        self._load_task: asyncio.Future | None = None
+        self._reported: set[str] = set()
+
+    # -- messages to the user ---------------------------------------------------------
+
+    def tell(self, message: str, kind: types.MessageType = types.MessageType.Warning, *, logged: bool = False) -> None:
+        """showMessage once per distinct message, and log it (stderr or the log file)."""
+        if not logged:
+            log.log(logging.ERROR if kind == types.MessageType.Error else logging.WARNING, "%s", message)
+        if message in self._reported:
+            return
+        self._reported.add(message)
+        try:
+            self.window_show_message(types.ShowMessageParams(type=kind, message=f"ghost-lsp: {message}"))
+        except Exception:  # no client connected yet (tests, early failure)
+            log.debug("could not send showMessage", exc_info=True)
+
+    # -- settings -----------------------------------------------------------------------
+
+    def apply_settings(self, change: Any = None, *, initial: bool = False) -> None:
+        s, warnings = from_dict(self.init_options, self.base)
+        if change is not None:
+            s, more = from_dict(change, s)
+            warnings += more
+        old, self.settings = self.settings, s
+        self.completer.settings = s
+        logging.getLogger("ghost_lsp").setLevel(s.log_level)
+        if initial:
+            self.pending_warnings += warnings
+            return
+        for w in warnings:
+            self.tell(w)
+        if (old.db, old.feedback) != (s.db, s.feedback):
+            self.open_store()
+        if model_dir(old) != model_dir(s) and self._load_task is not None:
+            self._load_task = None
+            self.start_loading()
+
+    def open_store(self) -> None:
+        if self.store is not None:
+            self.store.close(timeout=2)
+        path = db_path(self.settings)
+        self.store = FeedbackStore(path, enabled=self.settings.feedback)
+        self.completer.store = self.store
+        if self.store.warning:
+            self.tell(self.store.warning + "; suggestions are still served", logged=True)
+        elif self.store.enabled:
+            log.info("feedback log: %s", path)
+
+    # -- the model ----------------------------------------------------------------------
+
+    def start_loading(self) -> asyncio.Future:
+        if self._load_task is None:
+            self._load_task = asyncio.ensure_future(self._load(model_dir(self.settings)))
+        return self._load_task
+
+    async def _load(self, folder) -> None:
+        self.completer.engine = None
+        try:
+            engine = await asyncio.to_thread(_load_engine, folder)
+        except Exception as e:
+            cause = str(e) if str(folder) in str(e) else f"{folder}: {e}"
+            self.tell(f"model not loaded: {cause}. No suggestions until this is fixed.", types.MessageType.Error)
+            return
+        if folder != model_dir(self.settings):
+            return  # settings moved on to another model while this one loaded
+        self.completer.engine = engine
+
+    async def engine_ready(self) -> bool:
+        # shield: a cancelled request must not cancel the shared load
+        await asyncio.shield(self.start_loading())
+        return self.completer.engine is not None
+
+    async def close(self) -> None:
+        self.completer.close()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close, 2)
+
+
+def _load_engine(folder):
+    """Runs on a worker thread; the onnxruntime import is paid here, not at startup."""
+    from ghost_lsp.engine.onnx import OnnxEngine
+
+    engine = OnnxEngine(folder)
+    provider = getattr(engine, "provider", None) or getattr(engine, "providers", None)
+    log.info("model %s from %s, execution provider %s", engine.model_id, folder, provider)
+    return engine
+
+
+# -- request translation ------------------------------------------------------------------
+
+
+def _document(ls: GhostServer, uri: str) -> TextDocument | None:
+    # workspace.get_text_document would read an unknown URI from disk; we answer only
+    # for documents the client opened.
+    return ls.workspace.text_documents.get(unquote(uri))
+
+
+def _cursor(doc: TextDocument, pos: types.Position) -> tuple[list[str], int] | None:
+    """(the document's lines, cursor column in code points), or None if the position does
+    not exist. Lines are split on "\n" as the context stage splits them (pygls' own
+    `lines` also breaks at U+2028 and friends, which LSP does not)."""
+    lines = doc.source.split("\n")
+    if pos.line < 0 or pos.character < 0 or pos.line >= len(lines):
+        return None
+    text = lines[pos.line].removesuffix("\r")
+    codec = doc.position_codec
+    if pos.character > codec.client_num_units(text):
+        return None
+    if not text:
+        return lines, 0
+    col = codec.position_from_client_units([text], types.Position(line=0, character=pos.character)).character
+    return lines, col
+
+
+def _client_position(ls: GhostServer, lines: list[str], line: int, col: int) -> types.Position:
+    """Code points back to the negotiated encoding."""
+    return ls.workspace.position_codec.position_to_client_units(lines, ServerTextPosition(line, col))
+
+
+def _language(doc: TextDocument) -> str:
+    return doc.language_id or _LANGUAGES.get(PurePath(doc.path or "").suffix.lower(), "plaintext")
+
+
+async def _suggest(ls: GhostServer, uri: str, pos: types.Position, *, multiline: bool, trigger: str):
+    """Shared by both completion features: (doc, request, completion, line text, column)
+    or None. Never raises except CancelledError."""
+    doc = _document(ls, uri)
+    if doc is None:
+        log.debug("completion for unknown document %s", uri)
+        return None
+    text = doc.source
+    if "\x00" in text:
+        return None  # binary content
+    cur = _cursor(doc, pos)
+    if cur is None:
+        log.debug("position %s:%s not in %s", pos.line, pos.character, uri)
+        return None
+    if not await ls.engine_ready():
+        return None
+    lines, col = cur
+    line_text = lines[pos.line]
+    req = CompletionRequest(uri=uri, version=doc.version, line=pos.line, character=col,
+                            language=_language(doc), path=doc.path or "", multiline=multiline,
+                            trigger=trigger)
+    open_docs = {d.path or u: d.source for u, d in ls.workspace.text_documents.items() if d is not doc}
+    try:
+        completion = await ls.completer.complete(req, text, open_docs)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("completion failed")
+        return None
+    if completion is None or not completion.text.strip():
+        return None
+    now = _document(ls, uri)
+    if now is None or now.version != req.version or (req.version is None and now.source != text):
+        log.debug("dropping a suggestion for a stale version of %s", uri)
+        return None
+    ls.completer.shown(completion, req)
+    return lines, completion, line_text, col
+
+
+def _accept(completion: Completion) -> types.Command:
+    return types.Command(title="Accept suggestion", command=ACCEPT_COMMAND, arguments=[completion.id])
+
+
+def _word_start(line_text: str, col: int) -> int:
+    i = col
+    while i > 0 and (line_text[i - 1].isalnum() or line_text[i - 1] == "_"):
+        i -= 1
+    return i
+
+
+def create_server(base: Settings | None = None, warnings: list[str] | None = None) -> GhostServer:
+    server = GhostServer(base or Settings(), warnings)
+
+    @server.feature(types.INITIALIZE)
+    def on_initialize(ls: GhostServer, params: types.InitializeParams):
+        ls.init_options = params.initialization_options
+        ls.apply_settings(initial=True)
+
+    @server.feature(types.INITIALIZED)
+    def on_initialized(ls: GhostServer, params: types.InitializedParams):
+        for w in ls.pending_warnings:
+            ls.tell(w)
+        ls.pending_warnings.clear()
+        ls.open_store()
+        ls.start_loading()  # in a thread; requests wait for it
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def on_configuration(ls: GhostServer, params: types.DidChangeConfigurationParams):
+        ls.apply_settings(params.settings)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: GhostServer, params: types.InlineCompletionParams):
+        trigger = ("invoked" if params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+                   else "automatic")
+        got = await _suggest(ls, params.text_document.uri, params.position, multiline=True, trigger=trigger)
+        if got is None:
+            return None
+        lines, completion, line_text, col = got
+        # VS Code keeps an inline item only if it replaces from the line start: so the range
+        # is line start..cursor and the text repeats the line up to the cursor.
+        end = _client_position(ls, lines, params.position.line, col)
+        item = types.InlineCompletionItem(
+            insert_text=line_text[:col] + completion.text,
+            range=types.Range(start=types.Position(line=params.position.line, character=0), end=end),
+            command=_accept(completion),
+        )
+        return types.InlineCompletionList(items=[item])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
+    async def completion(ls: GhostServer, params: types.CompletionParams):
+        got = await _suggest(ls, params.text_document.uri, params.position, multiline=False, trigger="invoked")
+        if got is None:
+            return None
+        lines, completion, line_text, col = got
+        label = next((ln.strip() for ln in completion.text.splitlines() if ln.strip()), "")
+        if not label:
+            return None
+        # Replace the word being typed by itself + the suggestion: same result as inserting
+        # at the cursor, but clients then filter on the typed word against filterText
+        # instead of dropping the item.
+        start = _word_start(line_text, col)
+        word = line_text[start:col]
+        rng = types.Range(start=_client_position(ls, lines, params.position.line, start),
+                          end=_client_position(ls, lines, params.position.line, col))
+        item = types.CompletionItem(
+            label=label,
+            kind=types.CompletionItemKind.Text,
+            detail="ghost-lsp",
+            documentation=types.MarkupContent(kind=types.MarkupKind.PlainText, value=completion.text),
+            insert_text_format=types.InsertTextFormat.PlainText,
+            text_edit=types.TextEdit(range=rng, new_text=word + completion.text),
+            filter_text=word + completion.text.split("\n", 1)[0],
+            sort_text="0",
+            command=_accept(completion),
+        )
+        # Incomplete: the next keystroke asks again rather than filtering a stale suggestion.
+        return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.command(ACCEPT_COMMAND)
+    def accept(ls: GhostServer, *args):
+        if not args or not isinstance(args[0], str) or len(args[0]) > 128:
+            log.warning("%s: expected a suggestion id, got %r", ACCEPT_COMMAND, args[:1])
+            return None
+        ls.completer.event(args[0], "accepted")
+        return None
+
+    @server.feature(types.SHUTDOWN)
+    async def on_shutdown(ls: GhostServer, *args):
+        await ls.close()
+
+    return server

@@ -1,0 +1,23 @@
+"""End-to-end fixtures: a real model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "ghost-py-small"
+
+
+@pytest.fixture(scope="session")
+def model_dir(request, tmp_path_factory) -> Path:
+    """The shipped model if it is built, else a real ONNX model with random weights
+    (shared with the engine tests when their fixture is there: built once per session)."""
+    if (SHIPPED / "manifest.json").is_file():
+        return SHIPPED
+    try:
+        return Path(request.getfixturevalue("tiny_model_dir"))
+    except pytest.FixtureLookupError:
+        from ghost_lsp.modelkit.tiny import build_tiny_model
+
+        return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
