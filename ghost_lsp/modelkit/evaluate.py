@@ -1,0 +1,142 @@
+"""`ghost-lsp model eval RECIPE`: one table comparing every model a recipe builds.
+
+Rows: teacher, student trained alone (baseline), distilled student — each as its PyTorch
+checkpoint (validation loss) and its fp32 ONNX export (next-line accuracy and speed, through the
+same prompt, engine and filters the server uses) — and the shipped int8 student.
+Columns: params, validation loss (nats/token, held-out packages), next-line exact match and edit
+similarity, size on disk, prefill ms and ms per decoded token (medians).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ghost_lsp.context import collect_context
+from ghost_lsp.evals import nextline
+from ghost_lsp.filters import apply_filters
+from ghost_lsp.prompt import build_prompt
+from ghost_lsp.types import SamplingParams
+
+
+def engine_completer(engine, max_new_tokens: int = 32):
+    """complete(position) through context → prompt → engine (greedy) → single-line filters."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+
+    def complete(p: nextline.Position) -> str:
+        ctx = collect_context(p.text, p.line, p.character, path=p.path, language="python")
+        prompt = build_prompt(ctx, engine.manifest, engine.count_tokens, max_new_tokens)
+        cand = engine.generate(prompt.text, SamplingParams(**{**params.__dict__, "stop": prompt.stop}))
+        text, _ = apply_filters(cand.text, ctx, multiline=False)
+        return text
+
+    return complete
+
+
+def onnx_loss(engine, windows: np.ndarray) -> float:
+    """Validation loss of an ONNX model over the same windows the trainer uses."""
+    total, count = 0.0, 0
+    for w in windows:
+        logits, _ = engine.decoder.run(list(map(int, w[:-1])), engine.decoder.empty_past())
+        logits = logits.astype(np.float64)
+        m = logits.max(-1, keepdims=True)
+        lse = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[:, 0]
+        total += float((lse - logits[np.arange(len(w) - 1), w[1:]]).sum())
+        count += len(w) - 1
+    return total / count
+
+
+def speed(engine, prompt: str, runs: int = 5, new_tokens: int = 32) -> tuple[float, float]:
+    """Median prefill ms and ms per decoded token (KV reuse off: every run prefills)."""
+    pre, dec = [], []
+    reuse = engine.reuse_kv
+    engine.reuse_kv = False
+    try:
+        for _ in range(runs):
+            c = engine.generate(prompt, SamplingParams(max_new_tokens=new_tokens, temperature=0.0))
+            n = max(1, len(c.token_ids) - 1)
+            pre.append(c.prefill_ms)
+            dec.append(c.decode_ms / n)
+    finally:
+        engine.reuse_kv = reuse
+    return statistics.median(pre), statistics.median(dec)
+
+
+def folder_size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 1e6
+
+
+def evaluate_recipe(r, positions: int = 300, out_md: str | Path | None = None) -> list[dict]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.modelkit.corpus import read_documents
+    from ghost_lsp.modelkit.export import export_onnx
+    from ghost_lsp.modelkit.train import eval_loss, fixed_windows, tokenize_split
+
+    valid_docs = [(d.path, d.text) for d in read_documents(r.corpus_dir / "valid.jsonl")]
+    pos = nextline.sample_positions(valid_docs, positions, seed=0)
+    print(f"next-line positions: {len(pos)} from {len(valid_docs)} held-out files", file=sys.stderr)
+    valid_tokens = tokenize_split(r.corpus_dir, "valid", r.tokenizer_path)
+    ctx_len = int(r.section("student").get("context_length", 256))
+    windows = fixed_windows(valid_tokens, ctx_len, 64)
+    sample_prompt = pos[0].text[: pos[0].text.index("\n", 2000) if "\n" in pos[0].text[2000:] else 2000]
+    rows = []
+    fp32_dir = r.work / "eval-onnx"
+    for stage in ("teacher", "baseline", "student"):
+        ckpt = r.stage_dir(stage)
+        if not (ckpt / "config.json").exists():
+            print(f"skip {stage}: no checkpoint at {ckpt}", file=sys.stderr)
+            continue
+        for f in r.tokenizer_path.parent.iterdir():
+            (ckpt / f.name).write_bytes(f.read_bytes())
+        model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+        params = sum(p.numel() for p in model.parameters())
+        with torch.no_grad():
+            loss_pt = eval_loss(model, windows, bf16=False)
+        out = fp32_dir / stage
+        export_onnx(ckpt, out, quantize=None, manifest_fields={"name": f"{r.name}-{stage}"})
+        rows.append(_engine_row(f"{stage} (fp32 ONNX)", params, loss_pt, out, pos, sample_prompt, OnnxEngine))
+    if (r.out / "manifest.json").exists():
+        params = rows[-1]["params"] if rows else 0
+        eng_row = _engine_row(f"student (int8 ONNX, shipped)", params, None, r.out, pos, sample_prompt, OnnxEngine,
+                              windows=windows)
+        rows.append(eng_row)
+    table = format_table(rows)
+    print(table)
+    md = Path(out_md) if out_md else r.work / "eval.md"
+    md.write_text(table + "\n")
+    (r.work / "eval.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def _engine_row(label, params, loss, folder: Path, pos, sample_prompt, engine_cls, windows=None) -> dict:
+    engine = engine_cls(folder)
+    t0 = time.monotonic()
+    res = nextline.evaluate(pos, engine_completer(engine), keep_samples=8)
+    elapsed = time.monotonic() - t0
+    if loss is None and windows is not None:
+        loss = onnx_loss(engine, windows)
+    pre, dec = speed(engine, sample_prompt)
+    print(f"{label}: EM {res.exact_match:.3f} ES {res.edit_similarity:.3f} in {elapsed:.0f} s", file=sys.stderr)
+    return {"model": label, "params": params, "val_loss": loss, "nextline_em": res.exact_match,
+            "nextline_es": res.edit_similarity, "empty_rate": res.empty_rate, "positions": res.positions,
+            "size_mb": folder_size_mb(folder), "prefill_ms": pre, "ms_per_token": dec,
+            "samples": [{"path": p.path, "line": p.line + 1, "target": p.target, "predicted": s}
+                        for p, s in res.samples]}
+
+
+def format_table(rows: list[dict]) -> str:
+    head = "| model | params | val loss | next-line EM | edit sim | size MB | prefill ms | ms/token |\n|---|---|---|---|---|---|---|---|"
+    lines = [head]
+    for x in rows:
+        loss = f"{x['val_loss']:.3f}" if x["val_loss"] is not None else "-"
+        lines.append(f"| {x['model']} | {x['params'] / 1e6:.2f} M | {loss} | {x['nextline_em']:.3f} | "
+                     f"{x['nextline_es']:.3f} | {x['size_mb']:.1f} | {x['prefill_ms']:.1f} | {x['ms_per_token']:.2f} |")
+    return "\n".join(lines)
