@@ -159,15 +159,18 @@ def cmd_complete(args: argparse.Namespace) -> int:
 # -- model (training extras, loaded only when asked for) ---------------------------------
 
 
-def _add_model_commands(model_sub) -> list[str]:
-    """Let the modelkit modules add their subcommands; return why any are missing."""
-    missing = []
+def _add_model_commands(sub) -> list[str]:
+    """Let modelkit add `model ...` (it registers the `model` parser itself, export
+    included); if it cannot load, offer what does. Returns why anything is missing."""
     try:
         from ghost_lsp.modelkit.train import add_model_parsers
 
-        add_model_parsers(model_sub)
+        add_model_parsers(sub)
+        return []
     except ImportError as e:
-        missing.append(f"corpus/tokenizer/train ({e})")
+        missing = [f"corpus/tokenizer/train ({e})"]
+    mp = sub.add_parser("model", help=MODEL_HELP)
+    model_sub = mp.add_subparsers(dest="model_cmd", required=True)
     try:
         from ghost_lsp.modelkit.export import add_model_export_parser, cmd_model_export
 
@@ -177,6 +180,9 @@ def _add_model_commands(model_sub) -> list[str]:
     except ImportError as e:
         missing.append(f"export ({e})")
     return missing
+
+
+MODEL_HELP = "build, train and export models (needs the [train] extra)"
 
 
 def build_parser(with_model: bool = False) -> tuple[argparse.ArgumentParser, list[str]]:
@@ -210,12 +216,10 @@ def build_parser(with_model: bool = False) -> tuple[argparse.ArgumentParser, lis
 
     missing: list[str] = []
     if with_model:
-        mp = sub.add_parser("model", help="build, train and export models (needs the [train] extra)")
-        model_sub = mp.add_subparsers(dest="model_command", required=True)
-        missing = _add_model_commands(model_sub)
+        missing = _add_model_commands(sub)
     else:
         # Listed in --help without importing the training code (and torch) for `serve`.
-        sub.add_parser("model", help="build, train and export models (needs the [train] extra)", add_help=False)
+        sub.add_parser("model", help=MODEL_HELP, add_help=False)
     return p, missing
 
 

@@ -357,7 +357,10 @@ async def test_missing_model_and_bad_db_keep_the_server_up(tmp_path):
     missing = tmp_path / "no-such-model"
     (tmp_path / "file").write_text("not a directory")
     bad_db = tmp_path / "file" / "feedback.db"
-    lsp, init = await start_server(missing, bad_db, init_options={"maxNewTokens": "lots", "debounceMs": 0})
+    config = tmp_path / "ghost.toml"
+    config.write_text("[ghost]\nn = 0\n")
+    lsp, init = await start_server(missing, bad_db, init_options={"maxNewTokens": "lots", "debounceMs": 0},
+                                   extra_args=("--config", str(config)))
     try:
         assert init.capabilities.inline_completion_provider is not None  # initialize is not blocked
         uri = (tmp_path / "a.py").as_uri()
@@ -368,6 +371,7 @@ async def test_missing_model_and_bad_db_keep_the_server_up(tmp_path):
         warnings = [m.message for m in lsp.messages if m.type == types.MessageType.Warning]
         assert len(errors) == 1 and str(missing) in errors[0]
         assert any("maxNewTokens" in w for w in warnings)
+        assert any("n = 0" in w for w in warnings)  # from the --config file
         assert any(str(bad_db) in w for w in warnings)
         await lsp.workspace_execute_command_async(  # accept with feedback off: no error
             types.ExecuteCommandParams(command="ghost.accept", arguments=["whatever"]))
