@@ -66,7 +66,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"ghost-lsp: --tcp expects HOST:PORT, got {args.tcp!r}", file=sys.stderr)
             return 2
         log.info("ghost-lsp %s listening on %s:%s", __version__, host, port)
-        server.start_tcp(host, int(port))
+        try:
+            server.start_tcp(host, int(port))
+        finally:
+            _close(server)
         return 0
     # Keep the LSP stream to ourselves: fd 1 now points at stderr, so a stray print or a
     # C library writing to stdout cannot corrupt the protocol.
@@ -74,8 +77,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     log.info("ghost-lsp %s on stdio", __version__)
-    server.start_io(sys.stdin.buffer, lsp_out)
+    try:
+        server.start_io(sys.stdin.buffer, lsp_out)
+    finally:
+        _close(server)
     return 0
+
+
+def _close(server) -> None:
+    """Write what the feedback queue still holds, also when the client exits without
+    `shutdown`."""
+    server.completer.close()
+    if server.store is not None:
+        server.store.close(timeout=2)
 
 
 # -- complete -------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pygls.workspace.position_codec import ServerTextPosition
 from ghost_lsp import __version__
 from ghost_lsp.completer import Completer
 from ghost_lsp.feedback import FeedbackStore
-from ghost_lsp.settings import Settings, db_path, from_dict, model_dir
+from ghost_lsp.settings import Settings, db_path, from_dict, model_dir, section_of_change
 from ghost_lsp.types import Completion, CompletionRequest
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class GhostServer(LanguageServer):
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.base = base  # defaults ← config file ← command line
         self.init_options: Any = None
+        self.config_change: dict | None = None
         self.settings = base
         self.pending_warnings: list[str] = list(warnings or [])
         self.completer = Completer(None, base, None)
@@ -91,9 +92,13 @@ class GhostServer(LanguageServer):
     # -- settings -----------------------------------------------------------------------
 
     def apply_settings(self, change: Any = None, *, initial: bool = False) -> None:
-        s, warnings = from_dict(self.init_options, self.base)
+        """Rebuild the settings: base ← initializationOptions ← the latest configuration
+        change (a client sends its whole section each time)."""
         if change is not None:
-            s, more = from_dict(change, s)
+            self.config_change = change
+        s, warnings = from_dict(self.init_options, self.base)
+        if self.config_change is not None:
+            s, more = from_dict(self.config_change, s)
             warnings += more
         old, self.settings = self.settings, s
         self.completer.settings = s
@@ -263,7 +268,9 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_configuration(ls: GhostServer, params: types.DidChangeConfigurationParams):
-        ls.apply_settings(params.settings)
+        section = section_of_change(params.settings)
+        if section is not None:
+            ls.apply_settings(section)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: GhostServer, params: types.InlineCompletionParams):

@@ -129,6 +129,19 @@ def unwrap_section(d: Any) -> Any:
     return d
 
 
+def section_of_change(d: Any) -> dict | None:
+    """Our part of a `workspace/didChangeConfiguration` payload: the "ghost" section, or
+    the payload itself if it is flat ghost settings (Helix sends the server's `config`
+    as is). None when it holds only other sections: those are not ours to warn about."""
+    if not isinstance(d, dict):
+        return None
+    if isinstance(d.get(SECTION), dict):
+        return d[SECTION]
+    if any(_snake(str(k)) in _RULES for k in d):
+        return d
+    return None
+
+
 def from_dict(d: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
     """Overlay `d` on `base` (default: all defaults). Never raises.
 

@@ -93,3 +93,12 @@ def test_paths(monkeypatch, tmp_path):
     assert model_dir(Settings(model="/opt/m")).as_posix() == "/opt/m"
     monkeypatch.delenv("GHOST_LSP_MODEL")
     assert model_dir(Settings()).parts[-2:] == ("models", "ghost-py-small")
+
+
+def test_section_of_change():
+    from ghost_lsp.settings import section_of_change
+
+    assert section_of_change({"ghost": {"n": 2}, "python": {}}) == {"n": 2}
+    assert section_of_change({"maxNewTokens": 8}) == {"maxNewTokens": 8}  # flat (Helix)
+    assert section_of_change({"python": {"analysis": 1}}) is None  # other sections only
+    assert section_of_change(None) is None

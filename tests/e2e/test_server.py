@@ -377,3 +377,28 @@ async def test_missing_model_and_bad_db_keep_the_server_up(tmp_path):
             types.ExecuteCommandParams(command="ghost.accept", arguments=["whatever"]))
     finally:
         await stop_server(lsp)
+
+
+def units(s: str, encoding: str) -> int:
+    return {"utf-8": len(s.encode("utf-8")), "utf-16": utf16_len(s), "utf-32": len(s)}[encoding]
+
+
+@pytest.mark.parametrize("client,encoding", [("neovim", "utf-8"), ("emacs", "utf-32")])
+async def test_negotiated_encoding_with_emoji(model_dir, tmp_path, client, encoding):
+    lsp, init = await start_server(model_dir, tmp_path / "f.db", init_options=FAST, client=client)
+    try:
+        assert init.capabilities.position_encoding == encoding
+        for line, spot in SPOTS:
+            prefix = EMOJI_LINE + spot.strip()
+            lines = SOURCE.split("\n")
+            lines[line] = prefix
+            uri = (tmp_path / f"{line}.py").as_uri()
+            open_doc(lsp, uri, "\n".join(lines))
+            got = items(await inline(lsp, uri, pos(line, units(prefix, encoding))))
+            if got:
+                assert got[0].range == types.Range(start=pos(line, 0), end=pos(line, units(prefix, encoding)))
+                assert got[0].insert_text.startswith(prefix) and got[0].insert_text[len(prefix):].strip()
+                return
+        pytest.fail("the model gave no suggestion after any emoji line")
+    finally:
+        await stop_server(lsp)
