@@ -91,7 +91,11 @@ class Completion:
     text: str
     candidate: Candidate | None = None
     cut_reasons: list[str] = field(default_factory=list)
+    # Further distinct suggestions, best first, for clients that show alternatives.
+    alternatives: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     prompt_template: str = ""
     prompt_hash: str = ""
     model_id: str = ""
+    prompt: str = ""  # the rendered prompt, for the feedback log (redacted there)
+    variant: str = ""  # A/B variant that produced it ("" = no experiment)

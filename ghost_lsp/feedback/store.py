@@ -4,7 +4,13 @@ The request path only puts rows on a bounded queue; the writer thread drains it 
 batches, one transaction per batch. Any database problem (unwritable path, corrupt file,
 full disk) disables the store with one warning: suggestions are still served.
 
-Privacy: documents are identified by sha256 of their URI, never by the raw path.
+Privacy: documents are identified by sha256 of their URI, never by the raw path; every
+text (suggestion, prompt, event detail) is passed through `redact` on the writer thread,
+before it reaches the file.
+
+Schema versions: `MIGRATIONS[n]` takes a version n-1 file to version n, in the same
+transaction that records the new version, so an older file is upgraded in place on open and
+a crash mid-upgrade leaves it at the old version. A file from a newer ghost-lsp is refused.
 """
 
 from __future__ import annotations
@@ -16,19 +22,84 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from ghost_lsp.feedback.redact import redact
 from ghost_lsp.types import Completion, CompletionRequest
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 QUEUE_SIZE = 1000
 BATCH = 200
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.table("suggestions").create(
+        {
+            "id": str,
+            "time": float,
+            "uri_hash": str,
+            "language": str,
+            "model_id": str,
+            "prompt_template": str,
+            "prompt_hash": str,
+            "text": str,
+            "latency_ms": float,
+            "cut_reasons": str,  # JSON list
+            "score": float,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
+    db.table("events").create(
+        {"id": int, "suggestion_id": str, "kind": str, "time": float, "detail": str},
+        pk="id",
+        if_not_exists=True,
+    )
+    db.table("events").create_index(["suggestion_id"], if_not_exists=True)
+
+
+def _v2(db: sqlite_utils.Database) -> None:
+    """A/B variant and the (redacted) prompt per suggestion; an install id for stable
+    A/B assignment when there is no workspace; indexes for stats and export."""
+    cols = {c.name for c in db.table("suggestions").columns}
+    for name in ("variant", "prompt"):
+        if name not in cols:
+            db.table("suggestions").add_column(name, str)
+    db.table("suggestions").create_index(["time"], if_not_exists=True)
+    db.table("events").create_index(["kind"], if_not_exists=True)
+    db.table("meta").insert({"key": "install_id", "value": uuid.uuid4().hex}, pk="key", ignore=True)
+
+
+MIGRATIONS = {1: _v1, 2: _v2}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    if not db.table("meta").exists():
+        return 0
+    row = db.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        return int(row[0]) if row is not None else 0
+    except ValueError:
+        raise ValueError(f"schema_version {row[0]!r} is not a number") from None
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring the file to SCHEMA_VERSION (call inside a transaction). Returns the version it had."""
+    found = schema_version(db)
+    if found > SCHEMA_VERSION:
+        raise ValueError(f"schema_version {found} is newer than this ghost-lsp's {SCHEMA_VERSION}; upgrade ghost-lsp")
+    db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    for v in range(found + 1, SCHEMA_VERSION + 1):
+        MIGRATIONS[v](db)
+        db.table("meta").upsert({"key": "schema_version", "value": str(v)}, pk="key")
+    return found
 
 
 def uri_hash(uri: str) -> str:
@@ -79,37 +150,10 @@ class FeedbackStore:
         try:
             db = sqlite_utils.Database(conn)
             db.enable_wal()  # also the first real read: a corrupt file fails here
-            meta = db.table("meta")
-            if meta.exists():
-                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if row is not None and str(row[0]) != str(SCHEMA_VERSION):
-                    raise ValueError(f"schema_version {row[0]} (this ghost-lsp writes {SCHEMA_VERSION})")
+            # WAL + NORMAL: a committed batch survives a killed process (not a power cut).
+            conn.execute("PRAGMA synchronous=NORMAL")
             with conn:
-                db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
-                db.table("meta").upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
-                db.table("suggestions").create(
-                    {
-                        "id": str,
-                        "time": float,
-                        "uri_hash": str,
-                        "language": str,
-                        "model_id": str,
-                        "prompt_template": str,
-                        "prompt_hash": str,
-                        "text": str,
-                        "latency_ms": float,
-                        "cut_reasons": str,  # JSON list
-                        "score": float,
-                    },
-                    pk="id",
-                    if_not_exists=True,
-                )
-                db.table("events").create(
-                    {"id": int, "suggestion_id": str, "kind": str, "time": float, "detail": str},
-                    pk="id",
-                    if_not_exists=True,
-                )
-                db.table("events").create_index(["suggestion_id"], if_not_exists=True)
+                migrate(db)
             return db
         except BaseException:
             conn.close()
@@ -139,7 +183,8 @@ class FeedbackStore:
             if self.dropped == 1:
                 log.warning("feedback queue full; dropping rows")
 
-    def record_shown(self, completion: Completion, request: CompletionRequest) -> None:
+    def record_shown(self, completion: Completion, request: CompletionRequest, *, store_prompt: bool = True) -> None:
+        """`store_prompt=False` keeps only the prompt's hash (the "feedback_prompts" setting)."""
         cand = completion.candidate
         score = sum(cand.logprobs) / len(cand.logprobs) if cand and cand.logprobs else None
         self._put(("suggestions", {
@@ -154,6 +199,8 @@ class FeedbackStore:
             "latency_ms": completion.timings_ms.get("total_ms"),
             "cut_reasons": json.dumps(completion.cut_reasons),
             "score": score,
+            "variant": completion.variant,
+            "prompt": completion.prompt if store_prompt and completion.prompt else None,
         }))
 
     def record_event(self, suggestion_id: str, kind: str, detail: dict | None = None) -> None:
@@ -219,10 +266,23 @@ class FeedbackStore:
                 self._drain_flushes()
                 return
 
+    @property
+    def install_id(self) -> str | None:
+        """A random id made once per database file: the A/B key when there is no workspace."""
+        if self._db is None:
+            return None
+        row = self._db.conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()
+        return row[0] if row else None
+
     def _write(self, rows: dict[str, list[dict]]) -> None:
         db = self._db
         if db is None or not (rows["suggestions"] or rows["events"]):
             return
+        # Redaction costs regex passes over the prompt: done here, off the request path.
+        for r in rows["suggestions"]:
+            r["text"], r["prompt"] = redact(r["text"]), redact(r.get("prompt"))
+        for r in rows["events"]:
+            r["detail"] = redact(r["detail"])
         try:
             with db.conn:
                 if rows["suggestions"]:
