@@ -87,6 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _close(server) -> None:
     """Write what the feedback queue still holds, also when the client exits without
     `shutdown`."""
+    server.feedback.stop()
     server.completer.close()
     if server.store is not None:
         server.store.close(timeout=2)

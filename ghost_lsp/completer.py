@@ -92,6 +92,7 @@ class Completer:
         self.engine = engine
         self.settings = settings
         self.store = store
+        self.variant = ""  # A/B variant name, set by the front end (feedback/ab.py)
         # One worker: inferences are serialised and a queued one that is cancelled never runs.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghost-infer")
         # The newest request for a document supersedes an older one still running.
@@ -106,7 +107,7 @@ class Completer:
 
     def shown(self, completion: Completion, request: CompletionRequest) -> None:
         if self.store is not None and self.settings.feedback:
-            self.store.record_shown(completion, request)
+            self.store.record_shown(completion, request, store_prompt=self.settings.feedback_prompts)
 
     def event(self, suggestion_id: str, kind: str, detail: dict | None = None) -> None:
         if self.store is not None and self.settings.feedback:
@@ -162,7 +163,8 @@ class Completer:
 
         try:
             prompt = await self._in_worker(
-                partial(build_prompt, ctx, engine.manifest, engine.count_tokens, s.max_new_tokens), cancel
+                partial(build_prompt, ctx, engine.manifest, engine.count_tokens, s.max_new_tokens,
+                        s.prompts or None), cancel
             )
         except asyncio.CancelledError:
             raise
@@ -226,4 +228,6 @@ class Completer:
             prompt_template=prompt.template,
             prompt_hash=hashlib.sha256(prompt.text.encode("utf-8")).hexdigest()[:16],
             model_id=getattr(engine, "model_id", ""),
+            prompt=prompt.text,
+            variant=self.variant,
         )

@@ -23,6 +23,7 @@ from pygls.workspace.position_codec import ServerTextPosition
 from ghost_lsp import __version__
 from ghost_lsp.completer import Completer
 from ghost_lsp.feedback import FeedbackStore
+from ghost_lsp.feedback.session import FeedbackLoop, effective_settings
 from ghost_lsp.settings import Settings, db_path, from_dict, model_dir, section_of_change
 from ghost_lsp.types import Completion, CompletionRequest
 
@@ -72,6 +73,8 @@ class GhostServer(LanguageServer):
         self.pending_warnings: list[str] = list(warnings or [])
         self.completer = Completer(None, base, None)
         self.store: FeedbackStore | None = None
+        # What became of each suggestion, inferred from didChange (feedback/infer.py).
+        self.feedback = FeedbackLoop(lambda sid, kind, detail: self.completer.event(sid, kind, detail))
         self._load_task: asyncio.Future | None = None
         self._reported: set[str] = set()
 
@@ -100,6 +103,8 @@ class GhostServer(LanguageServer):
         if self.config_change is not None:
             s, more = from_dict(self.config_change, s)
             warnings += more
+        s, self.completer.variant, more = effective_settings(s, self.workspace_root(), str(db_path(s)))
+        warnings += more
         old, self.settings = self.settings, s
         self.completer.settings = s
         logging.getLogger("ghost_lsp").setLevel(s.log_level)
@@ -149,7 +154,14 @@ class GhostServer(LanguageServer):
         await asyncio.shield(self.start_loading())
         return self.completer.engine is not None
 
+    def workspace_root(self) -> str | None:
+        try:
+            return self.workspace.root_path
+        except RuntimeError:  # before initialize
+            return None
+
     async def close(self) -> None:
+        self.feedback.stop()
         self.completer.close()
         if self.store is not None:
             await asyncio.to_thread(self.store.close, 2)
@@ -236,6 +248,7 @@ async def _suggest(ls: GhostServer, uri: str, pos: types.Position, *, multiline:
         log.debug("dropping a suggestion for a stale version of %s", uri)
         return None
     ls.completer.shown(completion, req)
+    ls.feedback.shown(unquote(uri), completion.id, completion.text, text, pos.line, col)
     return lines, completion, line_text, col
 
 
@@ -265,6 +278,7 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
         ls.pending_warnings.clear()
         ls.open_store()
         ls.start_loading()  # in a thread; requests wait for it
+        ls.feedback.start()
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_configuration(ls: GhostServer, params: types.DidChangeConfigurationParams):
@@ -325,8 +339,18 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
         if not args or not isinstance(args[0], str) or len(args[0]) > 128:
             log.warning("%s: expected a suggestion id, got %r", ACCEPT_COMMAND, args[:1])
             return None
-        ls.completer.event(args[0], "accepted")
+        ls.feedback.accepted(args[0])
         return None
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def on_change(ls: GhostServer, params: types.DidChangeTextDocumentParams):
+        doc = _document(ls, params.text_document.uri)  # pygls has applied the change already
+        if doc is not None:
+            ls.feedback.changed(unquote(params.text_document.uri), doc.source)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def on_close(ls: GhostServer, params: types.DidCloseTextDocumentParams):
+        ls.feedback.closed(unquote(params.text_document.uri))
 
     @server.feature(types.SHUTDOWN)
     async def on_shutdown(ls: GhostServer, *args):

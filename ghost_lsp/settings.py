@@ -27,6 +27,8 @@ DEFAULT_EXCLUDE = (
     "**/secrets/**",
     "*.pem",
     "*.key",
+    ".env*",
+    "id_rsa*",
     "**/.ssh/**",
     "**/.git/**",
 )
@@ -40,6 +42,12 @@ class Settings:
     # Feedback database; "" = $XDG_DATA_HOME/ghost-lsp/feedback.db.
     db: str = ""
     feedback: bool = True
+    # Store each suggestion's (redacted) prompt; off = only its hash and the suggestion.
+    feedback_prompts: bool = True
+    # Prompt template folder ("" = the shipped prompts/); an A/B variant may point elsewhere.
+    prompts: str = ""
+    # A/B variants: tables with "name", "weight" and settings to override (ghost_lsp/feedback/ab.py).
+    variants: tuple = ()
     max_new_tokens: int = 48
     # Candidates after the first (which is always greedy) are sampled at this temperature.
     temperature: float = 0.6
@@ -70,6 +78,9 @@ _RULES: dict[str, tuple[type, Any]] = {
     "model": (str, None),
     "db": (str, None),
     "feedback": (bool, None),
+    "feedback_prompts": (bool, None),
+    "prompts": (str, None),
+    "variants": ("tables", None),
     "max_new_tokens": (int, _in_range(1, 1024)),
     "temperature": (float, _in_range(0.0, 2.0)),
     "top_p": (float, lambda v: 0.0 < v <= 1.0),
@@ -92,6 +103,10 @@ def _snake(key: str) -> str:
 def _coerce(key: str, value: Any) -> Any:
     """Return the typed value or raise ValueError saying what was expected."""
     typ, check = _RULES[key]
+    if typ == "tables":  # checked entry by entry where it is used (feedback/ab.py)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, dict) for v in value):
+            raise ValueError("expected a list of tables")
+        return tuple(value)
     if typ is bool:
         if not isinstance(value, bool):
             raise ValueError("expected true or false")
