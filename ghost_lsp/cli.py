@@ -229,6 +229,10 @@ def build_parser(with_model: bool = False) -> tuple[argparse.ArgumentParser, lis
     cp.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS)
     cp.set_defaults(func=cmd_complete)
 
+    from ghost_lsp.feedback.cli import add_parsers as add_feedback_parsers  # stats, export
+
+    add_feedback_parsers(sub)
+
     missing: list[str] = []
     if with_model:
         missing = _add_model_commands(sub)
