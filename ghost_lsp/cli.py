@@ -233,6 +233,10 @@ def build_parser(with_model: bool = False) -> tuple[argparse.ArgumentParser, lis
 
     add_feedback_parsers(sub)
 
+    from ghost_lsp.evals.cli import add_eval_parsers  # `eval ...`; other evals register there
+
+    add_eval_parsers(sub)
+
     missing: list[str] = []
     if with_model:
         missing = _add_model_commands(sub)

@@ -22,6 +22,15 @@ class Position:
     character: int  # code points, after the indentation
     target: str     # the rest of the line, right-trimmed
 
+    @property
+    def document(self) -> str:
+        """The file as the editor holds it before the line is typed: the target line keeps only
+        its indentation. Complete on this, not on `text`: a fill-in-the-middle prompt built from
+        `text` has the answer in its suffix."""
+        lines = self.text.split("\n")
+        lines[self.line] = lines[self.line][: self.character]
+        return "\n".join(lines)
+
 
 def function_body_lines(source: str) -> list[int]:
     """0-based numbers of lines inside function bodies (not the `def` lines); [] if unparsable."""
