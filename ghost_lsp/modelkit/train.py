@@ -56,6 +56,7 @@ class TrainConfig:
     threads: int = 0                # torch threads, 0 = all cores
     bf16: bool = True               # bf16 autocast on CPU (~2× faster here)
     teacher: str = ""               # HF folder of a teacher model: enables distillation
+    init_from: str = ""             # HF folder to start from (continue training) instead of random weights
     distill_alpha: float = 0.7      # weight of the KL term
     distill_temperature: float = 2.0
 
@@ -211,7 +212,12 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
     batcher = Batcher(train_tokens, cfg.context_length, sp, cfg.fim_rate, cfg.seed)
     windows = fixed_windows(valid_tokens, cfg.context_length, cfg.eval_windows)
 
-    model = make_model(cfg, tok.get_vocab_size(), sp)
+    if cfg.init_from:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+    else:
+        model = make_model(cfg, tok.get_vocab_size(), sp)
     n_params = sum(p.numel() for p in model.parameters())
     teacher = None
     if cfg.teacher:
