@@ -237,6 +237,10 @@ def build_parser(with_model: bool = False) -> tuple[argparse.ArgumentParser, lis
 
     add_eval_parsers(sub)
 
+    from ghost_lsp.context.explain import add_prompt_parser
+
+    add_prompt_parser(sub, model_help)
+
     missing: list[str] = []
     if with_model:
         missing = _add_model_commands(sub)

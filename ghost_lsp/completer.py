@@ -20,7 +20,7 @@ from functools import lru_cache, partial
 from pathlib import PurePosixPath
 from typing import Any, Callable
 
-from ghost_lsp.context import collect_context
+from ghost_lsp.context import ContextRequest, FanOut, gather, make_providers
 from ghost_lsp.engine.base import Engine
 from ghost_lsp.filters import apply_filters
 from ghost_lsp.prompt import build_prompt
@@ -88,10 +88,15 @@ def want_multiline(mode: str, request_multiline: bool, line_prefix: str, line_su
 class Completer:
     """Long-lived: holds the engine, the settings and the feedback store."""
 
-    def __init__(self, engine: Engine | None, settings: Settings, store: Any = None):
+    def __init__(self, engine: Engine | None, settings: Settings, store: Any = None, index: Any = None):
         self.engine = engine
         self.settings = settings
         self.store = store
+        self.index = index  # ProjectIndex or None; the server keeps it current
+        self._fanout: tuple[tuple[str, ...], FanOut] | None = None
+        # Documents by last completion request, most recent last: the open-files provider
+        # looks at recently edited documents first.
+        self._recent: dict[str, None] = {}
         self.variant = ""  # A/B variant name, set by the front end (feedback/ab.py)
         # One worker: inferences are serialised and a queued one that is cancelled never runs.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghost-infer")
@@ -146,15 +151,33 @@ class Completer:
             if self._running.get(req.uri) is cancel:
                 del self._running[req.uri]
 
+    def fanout(self) -> FanOut:
+        """The context providers the settings name (rebuilt when they change)."""
+        names = tuple(self.settings.context_providers)
+        if self._fanout is None or self._fanout[0] != names:
+            self._fanout = (names, FanOut(make_providers(names)))
+        return self._fanout[1]
+
+    def context_request(self, req: CompletionRequest, text: str, open_docs: dict[str, str] | None) -> ContextRequest:
+        key = req.path or req.uri
+        self._recent.pop(key, None)
+        self._recent[key] = None
+        while len(self._recent) > 256:
+            self._recent.pop(next(iter(self._recent)))
+        docs = open_docs or {}
+        # most recently requested first, then the rest in the order given
+        ordered = {p: docs[p] for p in reversed(self._recent) if p in docs}
+        ordered.update(docs)
+        return ContextRequest(text=text, line=req.line, character=req.character, path=req.path,
+                              language=req.language, open_docs=ordered, index=self.index)
+
     async def _complete(self, req, text, open_docs, engine, s: Settings, cancel) -> Completion | None:
         t0 = time.perf_counter()
         deadline = time.monotonic() + s.deadline_ms / 1000
         timings: dict[str, float] = {}
 
         try:
-            ctx = collect_context(
-                text, req.line, req.character, path=req.path, language=req.language, open_docs=open_docs
-            )
+            ctx = gather(self.context_request(req, text, open_docs), self.fanout(), s.prompt_cleaner)
         except ValueError as e:
             log.debug("no context: %s", e)
             return None

@@ -160,6 +160,51 @@ class GhostServer(LanguageServer):
         except RuntimeError:  # before initialize
             return None
 
+    # -- the project index (context/index.py) --------------------------------------------
+
+    def start_index(self) -> None:
+        """Index the workspace folder in the background; requests use what is built so far."""
+        root = self.workspace.root_path
+        if not root or "project" not in self.settings.context_providers:
+            return
+        from ghost_lsp.context.index import ProjectIndex
+
+        self.completer.index = ProjectIndex(root, exclude=tuple(self.settings.exclude)).start()
+        caps = self.client_capabilities.workspace
+        watched = getattr(caps, "did_change_watched_files", None) if caps else None
+        if watched is not None and watched.dynamic_registration:
+            opts = types.DidChangeWatchedFilesRegistrationOptions(
+                watchers=[types.FileSystemWatcher(glob_pattern="**/*.py")])
+            reg = types.Registration(id="ghost-lsp-watch-py", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+                                     register_options=opts)
+            try:
+                self.client_register_capability(types.RegistrationParams(registrations=[reg]))
+            except Exception:  # the index still updates on didSave
+                log.debug("could not register file watchers", exc_info=True)
+
+    async def reindex(self, uri: str, deleted: bool = False) -> None:
+        index = self.completer.index
+        if index is None or not uri.startswith("file:"):
+            return
+        from pygls.uris import to_fs_path
+
+        path = to_fs_path(uri)
+        if not path:
+            return
+        try:
+            if deleted:
+                index.remove(path)
+            else:
+                await asyncio.to_thread(index.update, path)
+        except Exception:  # a file we cannot read must not break the server
+            log.warning("project index: could not update %s", path, exc_info=True)
+
+    def workspace_root(self) -> str | None:
+        try:
+            return self.workspace.root_path
+        except RuntimeError:  # before initialize
+            return None
+
     async def close(self) -> None:
         self.feedback.stop()
         self.completer.close()
@@ -278,7 +323,17 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
         ls.pending_warnings.clear()
         ls.open_store()
         ls.start_loading()  # in a thread; requests wait for it
+        ls.start_index()
         ls.feedback.start()
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    async def on_save(ls: GhostServer, params: types.DidSaveTextDocumentParams):
+        await ls.reindex(params.text_document.uri)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    async def on_watched_files(ls: GhostServer, params: types.DidChangeWatchedFilesParams):
+        for change in params.changes:
+            await ls.reindex(change.uri, deleted=change.type == types.FileChangeType.Deleted)
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def on_configuration(ls: GhostServer, params: types.DidChangeConfigurationParams):

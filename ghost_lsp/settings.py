@@ -62,6 +62,10 @@ class Settings:
     deadline_ms: int = 2000
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     log_level: str = "INFO"
+    # Context providers besides the current document, in priority order ("open_files", "project").
+    context_providers: tuple[str, ...] = ("open_files", "project")
+    # Optional prompt cleaner run on collected snippets: "off" or "strip" (drops comments/blank lines).
+    prompt_cleaner: str = "off"
 
 
 def _in_range(lo: float, hi: float):
@@ -92,6 +96,8 @@ _RULES: dict[str, tuple[type, Any]] = {
     "deadline_ms": (int, _in_range(50, 600_000)),
     "exclude": (tuple, None),
     "log_level": (str, lambda v: v.upper() in LOG_LEVELS),
+    "context_providers": (tuple, lambda v: set(v) <= {"open_files", "project"}),
+    "prompt_cleaner": (str, lambda v: v in ("off", "strip")),
 }
 assert set(_RULES) == {f.name for f in fields(Settings)}
 
@@ -130,6 +136,8 @@ def _coerce(key: str, value: Any) -> Any:
             "multiline": f"one of {', '.join(MULTILINE_MODES)}",
             "log_level": f"one of {', '.join(LOG_LEVELS)}",
             "top_p": "in (0, 1]",
+            "context_providers": "a list of: open_files, project",
+            "prompt_cleaner": "one of off, strip",
         }.get(key, "a valid value")
         raise ValueError(f"expected {what}")
     if key == "log_level":

@@ -19,7 +19,7 @@ def ctx(prefix, suffix=""):
 def test_plain_template_renders_prefix_only():
     t = load_template("plain")
     p = render(t, ctx("x = 1\ny = ", "2\n"), count_chars, 100)
-    assert p.text == "x = 1\ny = " and not p.fim and p.template == "plain@1"
+    assert p.text == "x = 1\ny = " and not p.fim and p.template == "plain@2"
 
 
 def test_fim_template_uses_sentinels_and_suffix():
@@ -72,3 +72,96 @@ def test_build_prompt_budget_leaves_room_for_generation():
 def test_braces_in_code_do_not_break_rendering():
     p = render(load_template("plain"), ctx("d = {'{prefix}': 1}\nf'{x}'"), count_chars, 100)
     assert p.text == "d = {'{prefix}': 1}\nf'{x}'"
+
+
+# -- snippets and the budget --------------------------------------------------------------------
+
+from ghost_lsp.prompt import Template, render_parts  # noqa: E402
+from ghost_lsp.types import Snippet  # noqa: E402
+
+FIM = Template(name="t", version=1, fim=True, template="<fim_prefix>{snippets}{prefix}<fim_suffix>{suffix}<fim_middle>",
+               prefix_share=0.4, suffix_share=0.2, snippet_share=0.35, snippet="{comment} path: {path}\n{code}",
+               snippet_comment=True, comments={"default": "#"})
+
+
+def sctx(prefix, suffix="", snippets=()):
+    return Context(prefix=prefix, suffix=suffix, path="a.py", language="python", snippets=list(snippets))
+
+
+def defn(name, n, score=1.0):
+    return Snippet(f"{name}.py", "".join(f"def {name}_{i}(x): ...\n" for i in range(n)), score, "project")
+
+
+def neigh(name, n, score=0.5):
+    return Snippet(f"{name}.py", "".join(f"{name}_{i} = {i}\n" for i in range(n)), score, "open_files")
+
+
+@pytest.mark.parametrize("budget", [30, 60, 120, 250, 600])
+def test_with_snippets_budget_is_never_exceeded_and_snippet_lines_stay_whole(budget):
+    prefix = "".join(f"v{i} = {i}\n" for i in range(40)) + "res = "
+    snips = [defn("alpha", 6), neigh("beta", 8), defn("gamma", 3, 0.2)]
+    p, parts = render_parts(FIM, sctx(prefix, "w = 1\n" * 20, snips), count_chars, budget)
+    assert count_chars(p.text) <= budget
+    assert p.text.startswith("<fim_prefix>") and "res = <fim_suffix>" in p.text
+    for s in snips:
+        lines = s.text.rstrip("\n").split("\n")
+        shown = [ln[2:] for ln in p.text.split("\n") if ln.startswith("# ") and ln[2:] in lines]
+        assert shown == lines[:len(shown)]  # a head of whole lines, never a cut line
+    kept_tokens = sum(pt.tokens for pt in parts if pt.source not in ("prefix", "suffix"))
+    assert kept_tokens <= int((budget - count_chars("<fim_prefix><fim_suffix><fim_middle>")) * 0.35)
+
+
+def test_priorities_near_prefix_then_suffix_then_definitions_then_neighbours():
+    prefix = "".join(f"v{i} = {i}\n" for i in range(200)) + "res = "
+    budget = 200
+    snips = [neigh("near", 3, score=0.9), defn("imp", 3, score=0.1)]
+    p, parts = render_parts(FIM, sctx(prefix, "w = 1\n" * 100, snips), count_chars, budget)
+    by = {pt.path: pt.status for pt in parts}
+    room = budget - 36
+    kept_prefix = p.text.split("<fim_suffix>")[0]
+    assert kept_prefix.endswith("res = ") and count_chars(kept_prefix.split("# imp_2")[-1]) >= int(room * 0.4)
+    assert "kept" in by["imp.py"]  # the definition comes before the better-scored neighbour
+    imp_pos = p.text.index("# path: imp.py")
+    assert "near.py" not in p.text[:imp_pos]
+    # tight budget: neighbours go first, then definitions; the cursor line always stays
+    p2, parts2 = render_parts(FIM, sctx(prefix, "w = 1\n" * 100, snips), count_chars, 60)
+    assert "res = <fim_suffix>" in p2.text and "near.py" not in p2.text and count_chars(p2.text) <= 60
+
+
+def test_no_snippet_twice_and_none_that_the_window_already_shows():
+    prefix = "def alpha_0(x): ...\nres = "
+    snips = [defn("alpha", 1), defn("alpha", 1), neigh("beta", 2), neigh("beta", 2), neigh("beta", 1)]
+    p, parts = render_parts(FIM, sctx(prefix, "", snips), count_chars, 500)
+    assert p.text.count("beta_0 = 0") == 1 and p.text.count("alpha_0") == 1
+    assert [pt.status for pt in parts if pt.source != "prefix" and pt.source != "suffix"].count("dropped: duplicate") == 4
+
+
+def test_unused_snippet_room_goes_to_the_prefix():
+    prefix = "".join(f"v{i} = {i}\n" for i in range(100)) + "res = "
+    alone = render(FIM, sctx(prefix), count_chars, 300)
+    assert count_chars(alone.text) > 290  # no snippets: the prefix takes nearly everything
+
+
+def test_template_without_snippets_placeholder_reports_the_drop():
+    p, parts = render_parts(load_template("codellama"), sctx("x = ", "", [defn("a", 1)]), count_chars, 200)
+    assert "a_0" in p.text  # codellama does have the placeholder
+    t = Template(name="bare", version=3, template="{prefix}")
+    p, parts = render_parts(t, sctx("x = ", "", [defn("a", 1)]), count_chars, 200)
+    assert p.text == "x = " and parts[-1].status == "dropped: bare@3 has no {snippets}"
+
+
+@pytest.mark.parametrize("family,sentinel", [("starcoder", "<fim_prefix>"), ("codellama", "<PRE> "),
+                                             ("deepseek", "<｜fim▁begin｜>"), ("qwen", "<|fim_prefix|>"),
+                                             ("codegen", "<mask_1>"), ("plain", "")])
+def test_every_family_template_loads_versioned_and_renders_snippets(family, sentinel):
+    t = load_template(family)
+    assert t.version >= 1 and t.id == f"{family}@{t.version}"
+    p = render(t, sctx("def f():\n    ", "\nprint(f())\n", [defn("lib", 1)]), count_chars, 400)
+    assert sentinel in p.text and "lib_0" in p.text and p.text.index("lib_0") < p.text.index("def f():")
+    assert ("print(f())" in p.text) == t.fim
+
+
+def test_template_with_bad_share_names_the_file(tmp_path):
+    (tmp_path / "bad.toml").write_text('name = "bad"\nversion = 1\ntemplate = "{prefix}"\nsnippet_share = 3\n')
+    with pytest.raises(TemplateError, match=r"bad\.toml: snippet_share must be between 0 and 1"):
+        load_template("bad", str(tmp_path))
