@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import Counter
 import logging
 import re
 import threading
@@ -22,9 +23,9 @@ from typing import Any, Callable
 
 from ghost_lsp.context import ContextRequest, FanOut, gather, make_providers
 from ghost_lsp.engine.base import Engine
-from ghost_lsp.filters import apply_filters
+from ghost_lsp.filters import StopCheck, apply_filters
 from ghost_lsp.prompt import build_prompt
-from ghost_lsp.rank import rank
+from ghost_lsp.rank import ModelReranker, rank
 from ghost_lsp.settings import Settings
 from ghost_lsp.types import Candidate, Completion, CompletionRequest, SamplingParams
 
@@ -98,6 +99,9 @@ class Completer:
         # looks at recently edited documents first.
         self._recent: dict[str, None] = {}
         self.variant = ""  # A/B variant name, set by the front end (feedback/ab.py)
+        # How often each filter cut a candidate, since start (also logged per suggestion).
+        self.cut_counts: Counter[str] = Counter()
+        self._reranker: tuple[str, Any] | None = None  # (model folder, ModelReranker or None)
         # One worker: inferences are serialised and a queued one that is cancelled never runs.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghost-infer")
         # The newest request for a document supersedes an older one still running.
@@ -171,6 +175,20 @@ class Completer:
         return ContextRequest(text=text, line=req.line, character=req.character, path=req.path,
                               language=req.language, open_docs=ordered, index=self.index)
 
+    def reranker(self, s: Settings):
+        """The second-model ranker the settings name (loaded once per folder), or None."""
+        if not s.rerank_model:
+            return None
+        if self._reranker is None or self._reranker[0] != s.rerank_model:
+            try:
+                from ghost_lsp.engine.onnx import OnnxEngine
+
+                self._reranker = (s.rerank_model, ModelReranker(OnnxEngine(s.rerank_model)))
+            except Exception as e:  # noqa: BLE001 - a bad folder leaves ranking to the first model
+                log.warning("rerank_model %s cannot be loaded (%s); ranking without it", s.rerank_model, e)
+                self._reranker = (s.rerank_model, None)
+        return self._reranker[1]
+
     async def _complete(self, req, text, open_docs, engine, s: Settings, cancel) -> Completion | None:
         t0 = time.perf_counter()
         deadline = time.monotonic() + s.deadline_ms / 1000
@@ -197,17 +215,22 @@ class Completer:
         t2 = time.perf_counter()
         timings["prompt_ms"] = (t2 - t1) * 1000
 
+        line_suffix = ctx.suffix.split("\n", 1)[0]
+        multiline = want_multiline(s.multiline, req.multiline, ctx.current_line_prefix, line_suffix)
         candidates: list[Candidate] = []
         for i in range(s.n):
             if cancel.is_set() or (i > 0 and time.monotonic() >= deadline):
                 break
+            # The engine's KV cache makes candidates after the first cost decoding only.
+            temp = s.temperatures[i] if i < len(s.temperatures) else (0.0 if i == 0 else s.temperature)
             params = SamplingParams(
                 max_new_tokens=s.max_new_tokens,
-                temperature=0.0 if i == 0 else s.temperature,  # first greedy, others sampled
+                temperature=temp,
                 top_p=s.top_p,
                 frequency_penalty=s.frequency_penalty,
                 presence_penalty=s.presence_penalty,
                 stop=list(prompt.stop),
+                stop_check=StopCheck(ctx, multiline, s.filters) if s.filters.early_stop else None,
             )
             try:
                 cand = await self._in_worker(partial(engine.generate, prompt.text, params, cancel, deadline), cancel)
@@ -226,27 +249,36 @@ class Completer:
         if not candidates:
             return None
 
+        def filter_and_rank():
+            kept = [apply_filters(c.text, ctx, multiline=multiline, settings=s.filters, candidate=c)
+                    for c in candidates]
+            return kept, rank(candidates, kept, reranker=self.reranker(s), prefix=ctx.prefix)
+
         try:
-            line_suffix = ctx.suffix.split("\n", 1)[0]
-            multiline = want_multiline(s.multiline, req.multiline, ctx.current_line_prefix, line_suffix)
-            kept = [apply_filters(c.text, ctx, multiline=multiline) for c in candidates]
-            order = rank(candidates, kept)
+            kept, order = await self._in_worker(filter_and_rank, cancel)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("filter/rank stage failed")
             return None
         t4 = time.perf_counter()
         timings["filters_ms"] = (t4 - t3) * 1000
         timings["total_ms"] = (t4 - t0) * 1000
+        for _, reasons in kept:
+            self.cut_counts.update(reasons)
         if not order:
             log.debug("all %d candidates filtered out: %s", len(kept), [r for _, r in kept])
             return None
 
         best = order[0]
+        log.debug("suggestion %r cut %s; candidates' cuts %s", kept[best][0][:80], kept[best][1],
+                  [r for _, r in kept])
         return Completion(
             id=uuid.uuid4().hex,
             text=kept[best][0],
             candidate=candidates[best],
             cut_reasons=kept[best][1],
+            alternatives=[kept[i][0] for i in order[1:]],
             timings_ms={k: round(v, 2) for k, v in timings.items()},
             prompt_template=prompt.template,
             prompt_hash=hashlib.sha256(prompt.text.encode("utf-8")).hexdigest()[:16],

@@ -352,12 +352,12 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
         # VS Code keeps an inline item only if it replaces from the line start: so the range
         # is line start..cursor and the text repeats the line up to the cursor.
         end = _client_position(ls, lines, params.position.line, col)
-        item = types.InlineCompletionItem(
-            insert_text=line_text[:col] + completion.text,
-            range=types.Range(start=types.Position(line=params.position.line, character=0), end=end),
-            command=_accept(completion),
-        )
-        return types.InlineCompletionList(items=[item])
+        rng = types.Range(start=types.Position(line=params.position.line, character=0), end=end)
+        # the best first, then the ranked alternatives (clients that cycle through items show them)
+        items = [types.InlineCompletionItem(insert_text=line_text[:col] + text, range=rng,
+                                            command=_accept(completion))
+                 for text in [completion.text, *completion.alternatives] if text.strip()]
+        return types.InlineCompletionList(items=items)
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
     async def completion(ls: GhostServer, params: types.CompletionParams):

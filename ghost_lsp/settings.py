@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ghost_lsp.filters import FilterSettings
+
 SECTION = "ghost"
 MULTILINE_MODES = ("auto", "always", "never")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -66,6 +68,12 @@ class Settings:
     context_providers: tuple[str, ...] = ("open_files", "project")
     # Optional prompt cleaner run on collected snippets: "off" or "strip" (drops comments/blank lines).
     prompt_cleaner: str = "off"
+    # Temperature of candidate i (n candidates); empty = first greedy, the rest at `temperature`.
+    temperatures: tuple[float, ...] = ()
+    # Second model folder that re-scores the candidates (ghost_lsp/rank.py); "" = off.
+    rerank_model: str = ""
+    # Output filters: each rule on/off and its thresholds (nested section "filters").
+    filters: FilterSettings = FilterSettings()
 
 
 def _in_range(lo: float, hi: float):
@@ -98,6 +106,9 @@ _RULES: dict[str, tuple[type, Any]] = {
     "log_level": (str, lambda v: v.upper() in LOG_LEVELS),
     "context_providers": (tuple, lambda v: set(v) <= {"open_files", "project"}),
     "prompt_cleaner": (str, lambda v: v in ("off", "strip")),
+    "temperatures": ("floats", lambda v: len(v) <= 8 and all(0.0 <= t <= 2.0 for t in v)),
+    "rerank_model": (str, None),
+    "filters": (FilterSettings, None),
 }
 assert set(_RULES) == {f.name for f in fields(Settings)}
 
@@ -127,6 +138,11 @@ def _coerce(key: str, value: Any) -> Any:
     elif typ is str:
         if not isinstance(value, str):
             raise ValueError("expected a string")
+    elif typ == "floats":
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ValueError("expected a list of numbers")
+        value = tuple(float(v) for v in value)
     elif typ is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ValueError("expected a list of glob strings")
@@ -138,6 +154,7 @@ def _coerce(key: str, value: Any) -> Any:
             "top_p": "in (0, 1]",
             "context_providers": "a list of: open_files, project",
             "prompt_cleaner": "one of off, strip",
+            "temperatures": "at most 8 numbers between 0 and 2",
         }.get(key, "a valid value")
         raise ValueError(f"expected {what}")
     if key == "log_level":
@@ -183,12 +200,37 @@ def from_dict(d: Any, base: Settings | None = None) -> tuple[Settings, list[str]
         if key not in _RULES:
             warnings.append(f"settings: unknown key {raw_key!r} ignored")
             continue
+        if key == "filters":
+            changes[key], more = _filters_from(value, changes.get(key, base.filters))
+            warnings += more
+            continue
         try:
             changes[key] = _coerce(key, value)
         except ValueError as e:
             warnings.append(
                 f"settings: {raw_key} = {value!r}: {e}; using {getattr(base, key)!r}"
             )
+    return replace(base, **changes), warnings
+
+
+def _filters_from(d: Any, base: FilterSettings) -> tuple[FilterSettings, list[str]]:
+    """Overlay the nested `filters` section; each bad key warns and keeps its value."""
+    if not isinstance(d, dict):
+        return base, [f"settings: filters = {d!r}: expected an object; kept the current filters"]
+    types = {f.name: type(getattr(base, f.name)) for f in fields(FilterSettings)}
+    changes, warnings = {}, []
+    for raw_key, value in d.items():
+        key = _snake(str(raw_key))
+        typ = types.get(key)
+        if typ is None:
+            warnings.append(f"settings: unknown key filters.{raw_key!r} ignored")
+        elif typ is bool and not isinstance(value, bool) or typ is not bool and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+                or typ is int and not isinstance(value, int)):
+            warnings.append(f"settings: filters.{raw_key} = {value!r}: expected "
+                            f"{'true or false' if typ is bool else 'a number'}; using {getattr(base, key)!r}")
+        else:
+            changes[key] = typ(value)
     return replace(base, **changes), warnings
 
 

@@ -7,6 +7,7 @@ so every later stage can be tested and reused (CLI, eval harness) without an edi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Called with the text so far after each token; True stops decoding (finish_reason
+    # "early_stop"). Engines that cannot call back (remote) may ignore it: the filters cut anyway.
+    stop_check: Callable[[str], bool] | None = None
 
 
 @dataclass
@@ -77,7 +81,12 @@ class Candidate:
     text: str
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    finish_reason: str = "length"  # "length" | "stop" | "eos" | "cancelled" | "deadline"
+    # Per token: the model's own log-prob (before penalties, temperature, top-p; equal to
+    # `logprobs` when greedy) and the code-point offset in `text` where the token starts
+    # (0 for tokens that re-spell a healed prompt tail). Empty when the engine does not know.
+    model_logprobs: list[float] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    finish_reason: str = "length"  # "length" | "stop" | "eos" | "cancelled" | "deadline" | "early_stop"
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
     prompt_tokens: int = 0

@@ -1,20 +1,56 @@
-"""Table tests: each case in tests/data/filters/cases.json is input → expected text and reasons."""
+"""Table tests: tests/data/filters/<rule>.json holds cases for one rule (run with only that rule
+on), pipeline.json cases for all rules together; each is input → expected text and reasons."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from ghost_lsp.filters import FilterSettings, apply_filters
-from ghost_lsp.types import Context
+from ghost_lsp.filters import ALL_OFF, FilterSettings, StopCheck, apply_filters, bracket_balance, code_mask
+from ghost_lsp.types import Candidate, Context
 
-CASES = json.loads((Path(__file__).parent / "data" / "filters" / "cases.json").read_text(encoding="utf-8"))
+DATA = Path(__file__).parent / "data" / "filters"
+RULES = ["cycle", "end_of_block", "suffix_overlap", "bracket_balance", "syntax", "confidence", "trivial"]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_filter_case(case):
-    ctx = Context(prefix=case["prefix"], suffix=case["suffix"], path="a.py", language="python")
-    text, reasons = apply_filters(case["candidate"], ctx, multiline=case["multiline"])
+def _load(name):
+    return json.loads((DATA / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def _ctx(case):
+    return Context(prefix=case["prefix"], suffix=case["suffix"], path="a", language=case.get("language", "python"))
+
+
+def _candidate(case):
+    if "logprobs" not in case:
+        return None
+    return Candidate(text=case["candidate"], logprobs=case.get("sampler", case["logprobs"]),
+                     model_logprobs=case["logprobs"] if "sampler" in case else [], offsets=case["offsets"])
+
+
+RULE_CASES = [(rule, c) for rule in RULES for c in _load(rule)]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_each_rule_has_enough_cases(rule):
+    assert len(_load(rule)) >= 15
+
+
+@pytest.mark.parametrize("rule,case", RULE_CASES, ids=[f"{r}: {c['name']}" for r, c in RULE_CASES])
+def test_rule_case(rule, case):
+    only = replace(ALL_OFF, **{rule: True})
+    text, reasons = apply_filters(case["candidate"], _ctx(case), multiline=case.get("multiline", True),
+                                  settings=only, candidate=_candidate(case))
+    assert (text, reasons) == (case["expect"], case["reasons"])
+
+
+PIPELINE = _load("pipeline")
+
+
+@pytest.mark.parametrize("case", PIPELINE, ids=[c["name"] for c in PIPELINE])
+def test_pipeline_case(case):
+    text, reasons = apply_filters(case["candidate"], _ctx(case), multiline=case["multiline"])
     assert text == case["expect"]
     assert reasons == case["reasons"]
 
@@ -24,3 +60,85 @@ def test_rules_can_be_switched_off():
     cand = "x = foo(1)\n    x = foo(1)\n    x = foo(1)"
     text, reasons = apply_filters(cand, ctx, multiline=True, settings=FilterSettings(cycle=False))
     assert text == cand and "cycle" not in reasons
+    text, reasons = apply_filters("return x +* 1", ctx, multiline=True, settings=FilterSettings(syntax=False))
+    assert text == "return x +* 1" and reasons == []
+
+
+def test_a_failing_rule_is_skipped_not_fatal(monkeypatch):
+    import ghost_lsp.filters as f
+
+    def boom(text, ctx):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(f, "syntax_check", boom)
+    ctx = Context(prefix="x = ", suffix="", path="a.py", language="python")
+    assert apply_filters("f(1)", ctx, multiline=False) == ("f(1)", [])
+
+
+def test_bracket_balance_uses_the_state_after_a_window_that_starts_in_a_block():
+    # the window starts with an indented line (mid-function): scanning still sees the open '('
+    ctx = Context(prefix="    x = 1\ny = f(", suffix="", path="a.py", language="python")
+    assert bracket_balance("a)", ctx) == ("a)", None)
+    assert bracket_balance("a))", ctx) == ("a)", "bracket_balance")
+
+
+def test_code_mask_marks_strings_and_comments():
+    text = 'a = "(" # c\nb'
+    mask = code_mask(text, "python")
+    # an opening quote or comment marker is code, what follows it is not
+    assert "".join(text[i] for i, m in enumerate(mask) if m) == 'a = " #b'
+
+
+@pytest.mark.parametrize("text,multiline,fires,why", [
+    ("x = 1\n    y = 2", True, False, None),
+    ("x = foo(1)\n    x = foo(1)\n", True, True, "cycle"),
+    ("a.b.a.b.a.b.a.b", True, True, "cycle"),
+    ("y = 1\n    return y\nd", True, True, "end_of_block"),
+    ("y = 1", False, False, None),
+    ("y = 1\n", False, True, "end_of_line"),
+    ("y = 1\n    z", False, True, "end_of_line"),
+])
+def test_stop_check_fires_only_when_the_rest_would_be_cut(text, multiline, fires, why):
+    check = StopCheck(Context(prefix="def f():\n    ", suffix="", path="a.py", language="python"), multiline)
+    assert check(text) is fires
+    assert check.fired == why
+
+
+# -- the engine hook (real ONNX model, random weights) ------------------------------------------
+
+
+@pytest.mark.slow
+def test_engine_stops_early_when_the_check_fires(tiny_model_dir):
+    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.types import SamplingParams
+
+    eng = OnnxEngine(tiny_model_dir)
+    full = eng.generate("def f(x):\n    return", SamplingParams(max_new_tokens=24))
+    seen = []
+
+    def check(text):
+        seen.append(text)
+        return len(seen) >= 3
+
+    short = eng.generate("def f(x):\n    return", SamplingParams(max_new_tokens=24, stop_check=check))
+    assert short.finish_reason == "early_stop" and len(short.token_ids) < len(full.token_ids)
+    assert full.text.startswith(short.text)  # same greedy path, just stopped
+    for c in (full, short):
+        assert len(c.offsets) == len(c.model_logprobs) == len(c.token_ids)
+        assert c.offsets == sorted(c.offsets) and all(0 <= o <= len(c.text) for o in c.offsets)
+    assert full.model_logprobs == full.logprobs  # greedy: the model's own log-probs
+
+
+@pytest.mark.slow
+def test_engine_survives_a_broken_check_and_reports_model_logprobs_when_sampling(tiny_model_dir):
+    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.types import SamplingParams
+
+    def broken(text):
+        raise ValueError("bug")
+
+    eng = OnnxEngine(tiny_model_dir)
+    c = eng.generate("x = ", SamplingParams(max_new_tokens=8, temperature=0.3, seed=1, stop_check=broken))
+    assert c.finish_reason in ("length", "eos") and len(c.model_logprobs) == len(c.logprobs)
+    # at T=0.3 the sampler's distribution is sharper than the model's
+    assert sum(c.logprobs) > sum(c.model_logprobs)

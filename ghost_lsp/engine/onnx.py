@@ -133,6 +133,12 @@ def _visible_text(data: bytes) -> str:
     return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=False)
 
 
+def _char_offsets(generated: bytes, healed_len: int, starts: list[int]) -> list[int]:
+    """Code-point offset in the candidate text where each token starts (0 inside the healed tail)."""
+    return [len(generated[healed_len:b].decode("utf-8", "ignore")) if b > healed_len else 0
+            for b in starts]
+
+
 class OnnxEngine:
     """The Engine protocol over a local model folder (see ghost_lsp/manifest.py).
 
@@ -296,6 +302,11 @@ class OnnxEngine:
                 break
             cand.token_ids.append(tok)
             cand.logprobs.append(lp)
+            if params.temperature > 0.0:  # the ranker wants the model's own view, not the sampler's
+                model_lp = float(log_softmax(np.where(mask, logits, -np.inf))[tok])
+            else:
+                model_lp = lp
+            cand.model_logprobs.append(model_lp)
             counts[tok] += 1
             starts.append(len(generated))
             generated += self.token_bytes[tok]
@@ -309,8 +320,11 @@ class OnnxEngine:
                     # Drop tokens that begin inside or after the stop sequence.
                     cut_byte = len(healed) + len(text.encode("utf-8"))
                     n_keep = sum(1 for s in starts if s < cut_byte)
-                    del cand.token_ids[n_keep:], cand.logprobs[n_keep:]
+                    del cand.token_ids[n_keep:], cand.logprobs[n_keep:], cand.model_logprobs[n_keep:]
                     reason = "stop"
+                    break
+                if params.stop_check is not None and self._stop_check(params.stop_check, text):
+                    reason = "early_stop"
                     break
             if step + 1 >= max_steps:
                 break
@@ -319,9 +333,18 @@ class OnnxEngine:
             out, past = self.decoder.run([tok], past)
             logits = out[-1]
         cand.text = text
+        cand.offsets = _char_offsets(generated, len(healed), starts[:len(cand.token_ids)])
         cand.finish_reason = reason
         cand.decode_ms = (time.perf_counter() - t1) * 1000
         return cand
+
+    @staticmethod
+    def _stop_check(check, text: str) -> bool:
+        try:
+            return bool(check(text))
+        except Exception:  # noqa: BLE001 - a broken hook must not kill the generation
+            log.exception("stop_check failed; ignored")
+            return False
 
     def token_logprobs(self, prompt: str, continuation: str | list[int]) -> list[float]:
         """Log-prob of each token of `continuation` (text or token ids) given `prompt`.

@@ -446,4 +446,10 @@ def add_eval_parsers(sub) -> argparse.ArgumentParser:
     p.add_argument("--latency-threshold", type=float, default=0.5, help="largest allowed latency growth (relative)")
     _common(p, model=False)
     p.set_defaults(func=cmd_report)
+
+    from ghost_lsp.evals import loops
+
+    p = esub.add_parser("loops", help="loop rate before/after filters, early stop, ranking, penalty sweep")
+    loops.add_arguments(p)
+    p.set_defaults(func=loops.main_args)
     return ep
