@@ -29,7 +29,8 @@ def engine_completer(engine, max_new_tokens: int = 32):
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
 
     def complete(p: nextline.Position) -> str:
-        ctx = collect_context(p.text, p.line, p.character, path=p.path, language="python")
+        # the document with the target line emptied: a FIM prompt must not see the answer in its suffix
+        ctx = collect_context(p.document, p.line, p.character, path=p.path, language="python")
         prompt = build_prompt(ctx, engine.manifest, engine.count_tokens, max_new_tokens)
         cand = engine.generate(prompt.text, SamplingParams(**{**params.__dict__, "stop": prompt.stop}))
         text, _ = apply_filters(cand.text, ctx, multiline=False)
