@@ -241,6 +241,10 @@ def build_parser(with_model: bool = False) -> tuple[argparse.ArgumentParser, lis
 
     add_prompt_parser(sub, model_help)
 
+    from ghost_lsp.serving.cli import add_serve_model_parser  # runs only with the [serve] extra
+
+    add_serve_model_parser(sub, model_help)
+
     missing: list[str] = []
     if with_model:
         missing = _add_model_commands(sub)

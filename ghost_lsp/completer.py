@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any, Callable
 
 from ghost_lsp.context import ContextRequest, FanOut, gather, make_providers
-from ghost_lsp.engine.base import Engine
+from ghost_lsp.engine.base import Engine, EngineError
 from ghost_lsp.filters import StopCheck, apply_filters
 from ghost_lsp.prompt import build_prompt
 from ghost_lsp.rank import ModelReranker, rank
@@ -236,6 +236,9 @@ class Completer:
                 cand = await self._in_worker(partial(engine.generate, prompt.text, params, cancel, deadline), cancel)
             except asyncio.CancelledError:
                 raise
+            except EngineError as e:  # expected failures (a remote server down): no traceback
+                log.warning("engine failed: %s", e)
+                break
             except Exception:
                 log.exception("engine failed")
                 break

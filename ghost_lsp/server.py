@@ -115,7 +115,9 @@ class GhostServer(LanguageServer):
             self.tell(w)
         if (old.db, old.feedback) != (s.db, s.feedback):
             self.open_store()
-        if model_dir(old) != model_dir(s) and self._load_task is not None:
+        remote = ("remote_url", "remote_token", "remote_timeout_ms", "remote_model", "remote_fallback")
+        if (model_dir(old) != model_dir(s) or any(getattr(old, k) != getattr(s, k) for k in remote)) \
+                and self._load_task is not None:
             self._load_task = None
             self.start_loading()
 
@@ -140,7 +142,7 @@ class GhostServer(LanguageServer):
     async def _load(self, folder) -> None:
         self.completer.engine = None
         try:
-            engine = await asyncio.to_thread(_load_engine, folder)
+            engine = await asyncio.to_thread(_load_engine, folder, self.settings)
         except Exception as e:
             cause = str(e) if str(folder) in str(e) else f"{folder}: {e}"
             self.tell(f"model not loaded: {cause}. No suggestions until this is fixed.", types.MessageType.Error)
@@ -212,8 +214,12 @@ class GhostServer(LanguageServer):
             await asyncio.to_thread(self.store.close, 2)
 
 
-def _load_engine(folder):
+def _load_engine(folder, settings: Settings | None = None):
     """Runs on a worker thread; the onnxruntime import is paid here, not at startup."""
+    if settings is not None and settings.remote_url:
+        from ghost_lsp.engine.remote import make_remote_engine
+
+        return make_remote_engine(settings, folder)
     from ghost_lsp.engine.onnx import OnnxEngine
 
     engine = OnnxEngine(folder)

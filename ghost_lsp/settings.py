@@ -74,6 +74,15 @@ class Settings:
     rerank_model: str = ""
     # Output filters: each rule on/off and its thresholds (nested section "filters").
     filters: FilterSettings = FilterSettings()
+    # Remote model server (OpenAI-compatible /v1/completions: ghost-lsp serve-model, vLLM, TGI...);
+    # "" = run the local model. The token may come from $GHOST_LSP_REMOTE_TOKEN instead.
+    remote_url: str = ""
+    remote_token: str = ""
+    remote_timeout_ms: int = 1000
+    # Model name sent to the server ("" = the first one its /v1/models lists).
+    remote_model: str = ""
+    # Answer with the local model while the remote one is down or slow.
+    remote_fallback: bool = True
 
 
 def _in_range(lo: float, hi: float):
@@ -109,6 +118,11 @@ _RULES: dict[str, tuple[type, Any]] = {
     "temperatures": ("floats", lambda v: len(v) <= 8 and all(0.0 <= t <= 2.0 for t in v)),
     "rerank_model": (str, None),
     "filters": (FilterSettings, None),
+    "remote_url": (str, lambda v: v == "" or v.startswith(("http://", "https://"))),
+    "remote_token": (str, None),
+    "remote_timeout_ms": (int, _in_range(50, 600_000)),
+    "remote_model": (str, None),
+    "remote_fallback": (bool, None),
 }
 assert set(_RULES) == {f.name for f in fields(Settings)}
 
@@ -152,6 +166,7 @@ def _coerce(key: str, value: Any) -> Any:
             "multiline": f"one of {', '.join(MULTILINE_MODES)}",
             "log_level": f"one of {', '.join(LOG_LEVELS)}",
             "top_p": "in (0, 1]",
+            "remote_url": "an http:// or https:// URL",
             "context_providers": "a list of: open_files, project",
             "prompt_cleaner": "one of off, strip",
             "temperatures": "at most 8 numbers between 0 and 2",

@@ -1,0 +1,402 @@
+"""Remote engine: the Engine protocol over a plain OpenAI-compatible `POST /v1/completions`.
+
+Speaks only the common subset (prompt, max_tokens, temperature, top_p, penalties, stop, seed,
+logprobs, stream), so it works against `ghost-lsp serve-model`, vLLM, TGI, the llama.cpp
+server and Ollama's OpenAI endpoint alike. The prompt is rendered here, by the language
+server's own template (the completer does that), and sent as text.
+
+Behaviour on a slow or dead server (every keystroke asks, so failures must be cheap):
+- stdlib http.client, one keep-alive connection reused across requests; streaming (SSE), so a
+  cancelled request or a passed deadline closes the connection and the server frees its row;
+- socket timeouts of min(timeout, time to the deadline): no call outlives the completer's deadline;
+- retries only where the request was certainly not run: a stale keep-alive connection (retried
+  at once on a fresh one) and 429/503 with Retry-After that still fits before the deadline;
+  never after a timeout;
+- a circuit breaker: after `failures_to_open` consecutive failures the engine fails fast for
+  `cooldown_s`, then lets one request probe the server;
+- with a `fallback` engine (the local model) any remote failure or open breaker answers locally.
+
+Token counting for the prompt budget uses the local tokenizer when the model folder is there,
+else an estimate of len(text) / 3.5 chars (and asks the server to keep only the last
+context - max_tokens prompt tokens, vLLM's `truncate_prompt_tokens`, which ghost-lsp's server
+also honours). The token is sent as a bearer header and never logged.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import math
+import socket
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ghost_lsp.engine.base import EngineError
+from ghost_lsp.manifest import Manifest
+from ghost_lsp.types import Candidate, SamplingParams
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 3.5
+MAX_RETRY_AFTER_S = 2.0
+
+
+class RemoteError(EngineError):
+    """The remote server failed this request (the message says how; never the token)."""
+
+
+class RemoteUnavailable(RemoteError):
+    """The circuit breaker is open: the server failed repeatedly; not asked for a while."""
+
+
+class _Retry(Exception):
+    def __init__(self, wait: float, reason: str):
+        super().__init__(reason)
+        self.wait = wait
+
+
+class RemoteEngine:
+    def __init__(self, url: str, *, token: str | None = None, timeout_ms: int = 1000, model: str = "",
+                 model_dir: str | Path | None = None, fallback=None, failures_to_open: int = 3,
+                 cooldown_s: float = 5.0):
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise EngineError(f"remote_url {url!r}: expected http(s)://host[:port][/path]")
+        self.scheme, self.host = parts.scheme, parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        base = parts.path.rstrip("/")
+        self.base_path = base[:-3] if base.endswith("/v1") else base  # accept ".../v1" too
+        self.url = f"{parts.scheme}://{parts.netloc}{self.base_path}"  # no token in here
+        self._token = token or None
+        self.timeout_s = max(0.01, timeout_ms / 1000)
+        self.model = model
+        self.fallback = fallback
+        self.failures_to_open, self.cooldown_s = failures_to_open, cooldown_s
+        self._failures = 0
+        self._open_until = 0.0
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.RLock()
+        self._tokenizer = None
+        self._discovered = False
+        self._next_discover = 0.0
+        self.manifest = self._local_manifest(model_dir)
+        if self.manifest is None:
+            self.manifest = Manifest(name=model or "remote", family="plain", context_length=2048)
+        self.model_id = f"remote:{model or self.manifest.name}"
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"RemoteEngine({self.url!r}, model={self.model!r}, auth={'yes' if self._token else 'no'})"
+
+    # -- prompt budget --------------------------------------------------------------------
+
+    def _local_manifest(self, model_dir) -> Manifest | None:
+        if not model_dir or not Path(model_dir, "manifest.json").is_file():
+            return None
+        try:
+            manifest = Manifest.load(model_dir)
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(Path(model_dir) / manifest.tokenizer))
+            return manifest
+        except Exception as e:  # noqa: BLE001 - fall back to the estimate, say why
+            log.warning("remote engine: local model folder %s unusable for token counts (%s); estimating", model_dir, e)
+            return None
+
+    def count_tokens(self, text: str) -> int:
+        if self._tokenizer is not None:
+            return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+    def discover(self) -> bool:
+        """Ask GET /v1/models for the model name, context length and (ghost-lsp servers) family.
+
+        A local model folder of the same name keeps its manifest and exact tokenizer; another
+        model replaces them (token counts become estimates). Returns whether the server answered.
+        """
+        if self._discovered or time.monotonic() < self._next_discover:
+            return self._discovered
+        try:
+            with self._lock:
+                status, body = self._request("GET", "/v1/models", None, time.monotonic() + self.timeout_s)
+            if status != 200:
+                raise RemoteError(f"HTTP {status}: {_error_message(body)}")
+            data = json.loads(body).get("data") or [{}]
+            entry = next((d for d in data if d.get("id") == self.model), data[0]) if self.model else data[0]
+            info = entry.get("ghost_lsp") or {}
+        except (OSError, http.client.HTTPException, ValueError, AttributeError, TypeError, RemoteError) as e:
+            log.info("remote engine: %s/v1/models unavailable (%s); asking again later", self.url, e)
+            self._next_discover = time.monotonic() + self.cooldown_s
+            return False
+        self._discovered = True
+        self.model = self.model or str(entry.get("id", ""))
+        name = str(info.get("name") or self.model or "remote")
+        if self._tokenizer is not None and name == self.manifest.name:
+            self.model_id = f"remote:{self.model}"
+            return True
+        ctx = info.get("context_length") or entry.get("max_model_len")
+        self._tokenizer = None
+        self.manifest = Manifest(name=name, family=str(info.get("family", "plain")), fim=bool(info.get("fim", False)),
+                                 context_length=int(ctx) if isinstance(ctx, int) and ctx > 0 else 2048)
+        self.model_id = f"remote:{self.model or name}"
+        return True
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
+            self._conn = cls(self.host, self.port, timeout=timeout)
+        else:
+            self._conn.timeout = timeout
+            if self._conn.sock is not None:
+                self._conn.sock.settimeout(timeout)
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _headers(self, body: bytes | None) -> dict[str, str]:
+        h = {"Accept": "application/json, text/event-stream"}
+        if body is not None:
+            h["Content-Type"] = "application/json"
+        if self._token:
+            h["Authorization"] = f"Bearer {self._token}"
+        return h
+
+    def _send(self, method: str, path: str, body: bytes | None, deadline: float) -> http.client.HTTPResponse:
+        """Send and return the response head; retries once on a stale keep-alive connection."""
+        for attempt in (0, 1):
+            timeout = min(self.timeout_s, deadline - time.monotonic())
+            if timeout <= 0:
+                raise RemoteError(f"{self.url}: deadline passed before the request was sent")
+            reused = self._conn is not None and self._conn.sock is not None
+            conn = self._connection(timeout)
+            try:
+                conn.request(method, self.base_path + path, body=body, headers=self._headers(body))
+                return conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+                self._drop()
+                if reused and attempt == 0:
+                    continue  # the server closed an idle connection; nothing was run
+                raise RemoteError(f"{self.url}: connection lost ({e.__class__.__name__})") from None
+            except (socket.timeout, TimeoutError):
+                self._drop()
+                raise RemoteError(f"{self.url}: no answer within {timeout * 1000:.0f} ms") from None
+            except OSError as e:
+                self._drop()
+                raise RemoteError(f"{self.url}: cannot connect ({e.strerror or e})") from None
+        raise AssertionError("unreachable")
+
+    def _request(self, method: str, path: str, body: bytes | None, deadline: float) -> tuple[int, bytes]:
+        resp = self._send(method, path, body, deadline)
+        try:
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            self._drop()
+            raise RemoteError(f"{self.url}: reading the answer failed ({e.__class__.__name__})") from None
+
+    # -- the Engine protocol --------------------------------------------------------------
+
+    def generate(self, prompt: str, params: SamplingParams, cancel: threading.Event | None = None,
+                 deadline: float | None = None) -> Candidate:
+        deadline = deadline if deadline is not None else time.monotonic() + self.timeout_s * 4
+        now = time.monotonic()
+        if now < self._open_until:
+            return self._fail(RemoteUnavailable(f"{self.url}: unavailable (circuit open after "
+                                                f"{self._failures} failures)"), prompt, params, cancel, deadline)
+        try:
+            with self._lock:
+                cand = self._generate(prompt, params, cancel, deadline)
+        except RemoteError as e:
+            return self._fail(e, prompt, params, cancel, deadline)
+        if self._failures:
+            log.warning("remote engine: %s answers again", self.url)
+        self._failures, self._open_until = 0, 0.0
+        return cand
+
+    def _fail(self, err: RemoteError, prompt, params, cancel, deadline) -> Candidate:
+        if not isinstance(err, RemoteUnavailable):
+            self._failures += 1
+            if self._failures >= self.failures_to_open:
+                if self._open_until <= time.monotonic():
+                    log.warning("remote engine: %s; not asking for %.0f s%s", err, self.cooldown_s,
+                                " (using the local model)" if self.fallback else "")
+                self._open_until = time.monotonic() + self.cooldown_s
+            else:
+                log.info("remote engine: %s", err)
+        if self.fallback is not None:
+            return self.fallback.generate(prompt, params, cancel, deadline)
+        raise err
+
+    def _body(self, prompt: str, params: SamplingParams) -> bytes:
+        body = {"prompt": prompt, "max_tokens": int(params.max_new_tokens),
+                "temperature": float(params.temperature), "top_p": float(params.top_p), "stream": True,
+                "logprobs": 0}
+        if self.model:
+            body["model"] = self.model
+        if params.frequency_penalty:
+            body["frequency_penalty"] = params.frequency_penalty
+        if params.presence_penalty:
+            body["presence_penalty"] = params.presence_penalty
+        stops = [s for s in params.stop if s][:4]  # the OpenAI API takes at most 4
+        if stops:
+            body["stop"] = stops
+        if params.seed is not None:
+            body["seed"] = params.seed
+        room = self.manifest.context_length - int(params.max_new_tokens)
+        if self._tokenizer is None and room > 0:
+            body["truncate_prompt_tokens"] = room  # our count is an estimate: let the server cut
+        return json.dumps(body).encode("utf-8")
+
+    def _generate(self, prompt, params, cancel, deadline) -> Candidate:
+        self.discover()
+        body = self._body(prompt, params)
+        t0 = time.perf_counter()
+        while True:
+            try:
+                return self._stream(body, cancel, deadline, t0)
+            except _Retry as r:
+                if time.monotonic() + r.wait >= deadline - 0.05:
+                    raise RemoteError(f"{self.url}: {r} and no time left to retry") from None
+                log.debug("remote engine: %s; retrying in %.2f s", r, r.wait)
+                if cancel is not None and cancel.wait(r.wait):
+                    return Candidate(text="", finish_reason="cancelled")
+                if cancel is None:
+                    time.sleep(r.wait)
+
+    def _stream(self, body: bytes, cancel, deadline, t0) -> Candidate:
+        resp = self._send("POST", "/v1/completions", body, deadline)
+        if resp.status != 200:
+            data = resp.read(65536)
+            self._drop()
+            msg = _error_message(data)
+            if resp.status in (429, 503):
+                wait = _retry_after(resp.getheader("Retry-After"))
+                raise _Retry(wait, f"HTTP {resp.status} ({msg})")
+            if resp.status in (401, 403):
+                raise RemoteError(f"{self.url}: HTTP {resp.status}: the token was refused ({msg})")
+            raise RemoteError(f"{self.url}: HTTP {resp.status}: {msg}")
+        cand = Candidate(text="")
+        parts: list[str] = []
+        first_at = None
+        reason = None
+        done = False
+        try:
+            while True:
+                if cancel is not None and cancel.is_set():
+                    reason = "cancelled"
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    reason = "deadline"
+                    break
+                if self._conn is not None and self._conn.sock is not None:
+                    self._conn.sock.settimeout(min(self.timeout_s, left))
+                try:
+                    line = resp.readline(1 << 20)
+                except (socket.timeout, TimeoutError):
+                    if cand.text or parts:
+                        reason = "deadline" if deadline - time.monotonic() <= 0 else "timeout"
+                        break
+                    raise RemoteError(f"{self.url}: no tokens within {self.timeout_s * 1000:.0f} ms") from None
+                if not line:
+                    break
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = json.loads(data)
+                    choice = chunk["choices"][0] if chunk.get("choices") else None
+                except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                    raise RemoteError(f"{self.url}: not an OpenAI completions stream: {data[:80]!r}") from None
+                if chunk.get("usage"):
+                    cand.prompt_tokens = int(chunk["usage"].get("prompt_tokens") or 0)
+                if choice is None:
+                    continue
+                if not isinstance(choice, dict) or not isinstance(choice.get("text", ""), str):
+                    raise RemoteError(f"{self.url}: malformed choice in the stream: {data[:80]!r}")
+                if first_at is None:
+                    first_at = time.perf_counter()
+                parts.append(choice.get("text") or "")
+                lp = choice.get("logprobs") or {}
+                if isinstance(lp, dict):
+                    cand.logprobs += [float(x) for x in lp.get("token_logprobs") or [] if x is not None]
+                    cand.offsets += [int(x) for x in lp.get("text_offset") or []]
+                if choice.get("finish_reason"):
+                    reason = choice["finish_reason"]
+        except (OSError, http.client.HTTPException) as e:
+            self._drop()
+            if not parts:
+                raise RemoteError(f"{self.url}: stream broken ({e.__class__.__name__})") from None
+            reason = "error"
+        if not done:
+            self._drop()  # closing the connection tells the server to stop generating
+            if reason is None:
+                if not parts:
+                    raise RemoteError(f"{self.url}: stream ended without data")
+                reason = "error"
+        else:
+            resp.read()  # drain the chunked terminator so the connection can be reused
+        cand.text = "".join(parts)
+        if cand.offsets:
+            first = cand.offsets[0]  # OpenAI counts from the prompt's start; we count from the text's
+            cand.offsets = [max(0, o - first) for o in cand.offsets]
+        if len(cand.offsets) != len(cand.logprobs):
+            cand.offsets = []
+        cand.finish_reason = {"stop": "stop", "length": "length", "eos": "eos"}.get(reason, reason or "length")
+        end = time.perf_counter()
+        cand.prefill_ms = ((first_at or end) - t0) * 1000
+        cand.decode_ms = (end - (first_at or end)) * 1000
+        return cand
+
+
+def _error_message(data: bytes) -> str:
+    try:
+        err = json.loads(data)
+        msg = err.get("error") if isinstance(err, dict) else None
+        if isinstance(msg, dict):
+            return str(msg.get("message", ""))[:200]
+        if isinstance(msg, str):
+            return msg[:200]
+    except ValueError:
+        pass
+    return data[:200].decode("utf-8", "replace")
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.05, float(value))) if value else 0.25
+    except ValueError:
+        return 0.25
+
+
+def make_remote_engine(settings, model_dir) -> RemoteEngine:
+    """The language server's remote engine from its settings; the local model (if loadable)
+    becomes the fall-back and the token counter."""
+    import os
+
+    token = settings.remote_token or os.environ.get("GHOST_LSP_REMOTE_TOKEN", "")
+    fallback = None
+    has_local = model_dir is not None and Path(model_dir, "manifest.json").is_file()
+    if settings.remote_fallback and has_local:
+        try:
+            from ghost_lsp.engine.onnx import OnnxEngine
+
+            fallback = OnnxEngine(model_dir)
+        except (EngineError, ImportError, OSError) as e:
+            log.warning("remote engine: no local fall-back (%s)", e)
+    engine = RemoteEngine(settings.remote_url, token=token or None, timeout_ms=settings.remote_timeout_ms,
+                          model=settings.remote_model, model_dir=model_dir if has_local else None, fallback=fallback)
+    engine.discover()
+    log.info("remote engine %r: model %s, context %d, fall-back %s", engine, engine.model_id,
+             engine.manifest.context_length, fallback.model_id if fallback else "none")
+    return engine

@@ -1,0 +1,401 @@
+"""Continuous batching over one ONNX decoder: many sequences, one `session.run` per decode step.
+
+One scheduler thread owns the ONNX session. Between decode steps it admits queued sequences
+(each prefilled alone, batch 1, then merged into the running batch) and drops finished,
+cancelled or expired ones, so requests join and leave without waiting for each other.
+
+The running batch keeps one KV cache per layer shaped (batch, heads, Lmax, head_dim). Rows are
+left-padded to Lmax: row i holds `pad[i]` dead positions, masked with attention_mask = 0, and
+its position_ids count only its real tokens, so each row computes what it would alone. (With an
+fp32 model the greedy output is the same token for token; a dynamically quantized int8 model
+picks its activation scales over the whole batch, so its logits shift slightly with the batch.)
+
+Per-sequence decoding (token healing, sampling, stop sequences) mirrors OnnxEngine._generate.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ghost_lsp.engine.healing import advance, heal_split
+from ghost_lsp.engine.onnx import OnnxEngine
+from ghost_lsp.engine.sampling import choose_token, log_softmax
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The bounded queue is full: answer 429 with Retry-After instead of queueing."""
+
+
+@dataclass
+class SeqParams:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: int | None = None  # top alternatives per token (OpenAI `logprobs`), None = off
+
+
+@dataclass
+class Event:
+    """What a sequence produced since its last event. `final` carries finish_reason."""
+
+    text: str
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+    final: bool = False
+    finish_reason: str | None = None
+
+
+def _holdback(text: str, stops: list[str]) -> int:
+    """Chars at the end of `text` that could still become a stop sequence (not safe to send)."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+class Sequence:
+    """One completion being generated; `emit` is called from the scheduler thread."""
+
+    def __init__(self, engine: OnnxEngine, prompt_ids: list[int], params: SeqParams, deadline: float,
+                 emit: Callable[[Event], None]):
+        self.params, self.deadline, self.emit = params, deadline, emit
+        self.engine = engine
+        self.prompt_tokens = len(prompt_ids)
+        keep, self.healed = heal_split(prompt_ids, engine.token_bytes) if engine._healer else (len(prompt_ids), b"")
+        self.ids = prompt_ids[:keep] or ([engine.eos_id] if engine.eos_id is not None else [])
+        self.remaining = self.healed
+        self.max_steps = params.max_tokens + (len(prompt_ids) - keep)
+        self.rng = np.random.default_rng(params.seed)
+        self.counts = np.zeros(len(engine.token_bytes), dtype=np.int32)
+        self.stops = [s for s in params.stop if s]
+        self.generated = b""
+        self.text = ""
+        self.steps = 0
+        self.completion_tokens = 0
+        # per generated token (healed-tail tokens included): start byte, string, log-probs
+        self.starts: list[int] = []
+        self.tok_text: list[str] = []
+        self.tok_lp: list[float] = []
+        self.tok_top: list[dict[str, float]] = []
+        self.sent_chars = 0
+        self.sent_tokens = 0
+        self.next_token: int | None = None
+        self.cancelled = False
+        self.done = False
+        self.submitted = time.monotonic()
+        self.first_token_at: float | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True  # read by the scheduler between steps
+
+    def consume(self, logits: np.ndarray) -> bool:
+        """Choose the next token from `logits`; return True when the sequence has finished."""
+        eng, p = self.engine, self.params
+        mask = eng._allowed
+        if self.remaining:
+            mask = eng._healer.mask(self.remaining)
+            if not mask.any():
+                mask, self.remaining, self.generated = eng._allowed, b"", self.healed
+        tok, lp = choose_token(logits, temperature=p.temperature, top_p=p.top_p, counts=self.counts,
+                               frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty,
+                               mask=mask, rng=self.rng)
+        self.steps += 1
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        if tok == eng.eos_id:
+            return self.finish("stop")
+        self.counts[tok] += 1
+        self.starts.append(len(self.generated))
+        self.generated += eng.token_bytes[tok]
+        self.tok_text.append(eng.token_bytes[tok].decode("utf-8", "replace"))
+        if p.logprobs is not None:
+            self.tok_lp.append(lp)
+            if p.logprobs > 0:
+                lps = log_softmax(np.where(mask, logits, -np.inf))
+                top = np.argpartition(-lps, p.logprobs)[:p.logprobs] if p.logprobs < len(lps) else np.arange(len(lps))
+                self.tok_top.append({eng.token_bytes[int(i)].decode("utf-8", "replace"): float(lps[i])
+                                     for i in top[np.argsort(-lps[top])]})
+        if self.remaining:
+            self.remaining = advance(self.remaining, eng.token_bytes[tok])
+        if not self.remaining:
+            self.completion_tokens += 1
+            self.text = codecs.getincrementaldecoder("utf-8")("replace").decode(
+                self.generated[len(self.healed):], final=False)
+            cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+            if cut >= 0:
+                self.text = self.text[:cut]
+                return self.finish("stop")
+        if self.steps >= self.max_steps:
+            return self.finish("length")
+        self.next_token = tok
+        self._send(final=False)
+        return False
+
+    def _offsets(self) -> list[int]:
+        h = len(self.healed)
+        return [len(self.generated[h:b].decode("utf-8", "ignore")) if b > h else 0 for b in self.starts]
+
+    def _send(self, final: bool, reason: str | None = None) -> None:
+        safe = len(self.text) if final else len(self.text) - _holdback(self.text, self.stops)
+        if not final and safe <= self.sent_chars:
+            return
+        offsets = self._offsets()
+        # Tokens that start before the end of the text sent (as OnnxEngine cuts at a stop).
+        cut_byte = len(self.healed) + len(self.text[:safe].encode("utf-8"))
+        n_tok = sum(1 for b in self.starts if b < cut_byte)
+        sl = slice(self.sent_tokens, n_tok)
+        has_lp = self.params.logprobs is not None
+        ev = Event(text=self.text[self.sent_chars:safe], tokens=self.tok_text[sl],
+                   token_logprobs=self.tok_lp[sl] if has_lp else [],
+                   top_logprobs=self.tok_top[sl] if has_lp and self.params.logprobs else [],
+                   text_offset=offsets[sl] if has_lp else [], final=final, finish_reason=reason)
+        self.sent_chars, self.sent_tokens = max(safe, self.sent_chars), max(n_tok, self.sent_tokens)
+        try:
+            self.emit(ev)
+        except Exception:  # a vanished listener must not stop the batch
+            log.debug("event listener failed", exc_info=True)
+            self.cancelled = True
+
+    def finish(self, reason: str) -> bool:
+        if not self.done:
+            self.done = True
+            self._send(final=True, reason=reason)
+        return True
+
+
+class _Batch:
+    """The running rows and their left-padded KV cache."""
+
+    def __init__(self, decoder):
+        self.dec = decoder
+        self.rows: list[Sequence] = []
+        self.pad: list[int] = []
+        self.cache: dict[str, np.ndarray] = {}
+        self.length = 0  # Lmax
+
+    def _pad_left(self, arr: np.ndarray, axis: int, n: int) -> np.ndarray:
+        if n == 0:
+            return arr
+        widths = [(0, 0)] * arr.ndim
+        widths[axis] = (n, 0)
+        return np.pad(arr, widths)
+
+    def join(self, seq: Sequence, cache: dict[str, np.ndarray]) -> None:
+        n = self.dec.past_length(cache)
+        if not self.rows:
+            self.rows, self.pad, self.cache, self.length = [seq], [0], dict(cache), n
+            return
+        if n > self.length:
+            grow = n - self.length
+            self.cache = {k: self._pad_left(v, self.dec.past[k][2], grow) for k, v in self.cache.items()}
+            self.pad = [p + grow for p in self.pad]
+            self.length = n
+        extra = self.length - n
+        self.cache = {k: np.concatenate([v, self._pad_left(cache[k], self.dec.past[k][2], extra)], axis=0)
+                      for k, v in self.cache.items()}
+        self.rows.append(seq)
+        self.pad.append(extra)
+
+    def keep(self, keep: list[int]) -> None:
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        self.pad = [self.pad[i] for i in keep]
+        if not self.rows:
+            self.cache, self.length = {}, 0
+            return
+        idx = np.asarray(keep)
+        trim = min(self.pad)  # columns dead in every remaining row
+        out = {}
+        for k, v in self.cache.items():
+            v = v[idx]
+            if trim:
+                sl = [slice(None)] * v.ndim
+                sl[self.dec.past[k][2]] = slice(trim, None)
+                v = v[tuple(sl)]
+            out[k] = np.ascontiguousarray(v)
+        self.cache = out
+        self.pad = [p - trim for p in self.pad]
+        self.length -= trim
+
+    def step(self) -> np.ndarray:
+        """One decode step for every row; returns logits (rows, vocab)."""
+        dec, b = self.dec, len(self.rows)
+        feed = {"input_ids": np.asarray([[r.next_token] for r in self.rows], dtype=dec.input_ids_type)}
+        if "attention_mask" in dec.extra:
+            mask = np.ones((b, self.length + 1), dtype=dec.extra["attention_mask"])
+            for i, p in enumerate(self.pad):
+                mask[i, :p] = 0
+            feed["attention_mask"] = mask
+        if "position_ids" in dec.extra:
+            feed["position_ids"] = np.asarray([[self.length - p] for p in self.pad], dtype=dec.extra["position_ids"])
+        elif any(self.pad):
+            raise RuntimeError("padded batches need a graph with position_ids")
+        feed.update(self.cache)
+        outs = dec.session.run(dec.output_names, feed)
+        self.cache = {dec.present_to_past[n]: a for n, a in zip(dec.output_names[1:], outs[1:])}
+        self.length += 1
+        return outs[0][:, -1, :]
+
+
+class Stats:
+    """Hooks the metrics layer fills in; all no-ops by default."""
+
+    def batch(self, size: int, seconds: float, tokens: int) -> None: ...
+    def prefill(self, tokens: int, seconds: float) -> None: ...
+    def queue(self, depth: int, active: int) -> None: ...
+
+
+class Batcher:
+    """Owns the engine and the scheduler thread. `submit` is thread-safe."""
+
+    def __init__(self, engine: OnnxEngine, *, max_batch: int = 16, max_queue: int = 64,
+                 batching: bool = True, stats: Stats | None = None, window_s: float = 10.0):
+        self.engine = engine
+        self.max_batch = max(1, max_batch) if batching else 1
+        self.max_queue = max(1, max_queue)
+        self.batching = batching
+        self.stats = stats or Stats()
+        self.context_length = engine.manifest.context_length
+        self._pending: collections.deque[list[Sequence]] = collections.deque()
+        self._cv = threading.Condition()
+        self._batch = _Batch(engine.decoder)
+        self._stop = False
+        self._busy: collections.deque[tuple[float, float]] = collections.deque()  # (end, seconds)
+        self._window = window_s
+        self._thread = threading.Thread(target=self._loop, name="ghost-batcher", daemon=True)
+        self._thread.start()
+
+    # -- public -----------------------------------------------------------------------
+
+    def queued(self) -> int:
+        with self._cv:
+            return sum(len(g) for g in self._pending)
+
+    def active(self) -> int:
+        return len(self._batch.rows)
+
+    def submit(self, group: list[Sequence]) -> None:
+        """Queue sequences that share a prompt (n > 1 prefills once). Raises QueueFull."""
+        with self._cv:
+            if self._stop:
+                raise QueueFull("server is shutting down")
+            if sum(len(g) for g in self._pending) + len(group) > self.max_queue:
+                raise QueueFull(f"queue full ({self.max_queue} sequences waiting)")
+            self._pending.append(group)
+            self._cv.notify()
+
+    def utilisation(self) -> float:
+        """Share of the last `window_s` seconds the model was running (0..1)."""
+        now = time.monotonic()
+        while self._busy and self._busy[0][0] < now - self._window:
+            self._busy.popleft()
+        return min(1.0, sum(s for _, s in self._busy) / self._window)
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=5)
+
+    # -- scheduler thread -------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._pending and not self._batch.rows:
+                    self._cv.wait(timeout=1.0)
+                if self._stop:
+                    break
+            try:
+                self._admit()
+                self._decode()
+            except Exception:  # noqa: BLE001 - a failed run fails its rows, not the server
+                log.exception("batch step failed; failing %d sequences", len(self._batch.rows))
+                for seq in self._batch.rows:
+                    seq.finish("error")
+                self._batch.keep([])
+            self.stats.queue(self.queued(), len(self._batch.rows))
+        for seq in self._batch.rows:
+            seq.finish("cancelled")
+        for group in self._pending:
+            for seq in group:
+                seq.finish("cancelled")
+
+    def _take(self) -> list[Sequence] | None:
+        with self._cv:
+            if not self._pending:
+                return None
+            if len(self._batch.rows) + len(self._pending[0]) > self.max_batch and self._batch.rows:
+                return None
+            return self._pending.popleft()
+
+    def _admit(self) -> None:
+        while (group := self._take()) is not None:
+            now = time.monotonic()
+            live = [s for s in group if not s.cancelled]
+            for s in live:
+                if now >= s.deadline:
+                    s.finish("deadline")
+            live = [s for s in live if not s.done]
+            if not live:
+                continue
+            t0 = time.perf_counter()
+            try:
+                logits, cache = self.engine.decoder.run(live[0].ids, self.engine.decoder.empty_past())
+            except Exception:  # noqa: BLE001 - e.g. an input the graph rejects
+                log.exception("prefill failed")
+                for s in live:
+                    s.finish("error")
+                continue
+            dt = time.perf_counter() - t0
+            self._busy.append((time.monotonic(), dt))
+            self.stats.prefill(len(live[0].ids), dt)
+            for s in live:
+                if s.max_steps <= 0:
+                    s.finish("length")
+                elif not s.consume(logits[-1]):
+                    self._batch.join(s, cache)
+
+    def _decode(self) -> None:
+        b = self._batch
+        now = time.monotonic()
+        keep = []
+        for i, s in enumerate(b.rows):
+            if s.cancelled:
+                s.done = True
+            elif now >= s.deadline:
+                s.finish("deadline")
+            elif b.length - b.pad[i] + 1 > self.context_length:
+                s.finish("length")  # context window full
+            if not s.done:
+                keep.append(i)
+        b.keep(keep)
+        if not b.rows:
+            return
+        t0 = time.perf_counter()
+        logits = b.step()
+        dt = time.perf_counter() - t0
+        self._busy.append((time.monotonic(), dt))
+        self.stats.batch(len(b.rows), dt, len(b.rows))
+        keep = [i for i, s in enumerate(b.rows) if not s.consume(logits[i])]
+        b.keep(keep)

@@ -1,0 +1,154 @@
+"""Load benchmark of `ghost-lsp serve-model`: batching on vs off, side by side, loopback only.
+
+    python -m ghost_lsp.serving.bench --model /tmp/ckm [--provider cuda]
+
+Starts the real server twice (--no-batching, then batching), sends a bounded number of requests
+at 1, 4 and 16 concurrent clients, and prints one table: requests/s, generated tokens/s, p50/p95
+latency. Then an overload run at 1.5x the server's capacity (batch + queue): admitted requests'
+p95 and how fast the rest are refused (429). Every request has a bounded timeout; nothing waits
+forever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+PROMPTS = ["def read_lines(path):\n    with open(path) as f:\n", "class Stack:\n    def push(self, item):\n",
+           "import os\n\n\ndef walk(root):\n", "for i in range(10):\n    if i % 2 == 0:\n"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(model: str, args: list[str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "ghost_lsp.cli", "serve-model", "--model", model,
+                             "--port", str(port), "--log-level", "WARNING", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={k: v for k, v in os.environ.items() if k != "GHOST_LSP_SERVE_TOKEN"})
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:
+        if proc.poll() is not None:
+            raise SystemExit(f"serve-model exited: {proc.stderr.read().decode()[-1000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("serve-model did not become ready in 60 s")
+
+
+def one(port: int, body: dict) -> tuple[int, float, int]:
+    """(status, seconds, completion tokens) of one request on its own connection."""
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        toks = json.loads(data)["usage"]["completion_tokens"] if resp.status == 200 else 0
+        return resp.status, time.perf_counter() - t0, toks
+    finally:
+        conn.close()
+
+
+def load(port: int, clients: int, per_client: int, max_tokens: int) -> dict:
+    """`clients` threads, each sending `per_client` requests back to back."""
+    def client(c):
+        out = []
+        for i in range(per_client):
+            body = {"prompt": PROMPTS[(c + i) % len(PROMPTS)], "max_tokens": max_tokens, "temperature": 0.8,
+                    "seed": c * 1000 + i}
+            out.append(one(port, body))
+        return out
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = [r for rs in pool.map(client, range(clients)) for r in rs]
+    wall = time.perf_counter() - t0
+    ok = sorted(s for st, s, _ in results if st == 200)
+    rejected = sorted(s for st, s, _ in results if st != 200)
+    return {"clients": clients, "requests": len(results), "ok": len(ok), "rejected": len(rejected),
+            "req_s": len(ok) / wall, "tok_s": sum(t for _, _, t in results) / wall,
+            "p50_ms": _pct(ok, 50) * 1000, "p95_ms": _pct(ok, 95) * 1000,
+            "reject_p95_ms": _pct(rejected, 95) * 1000 if rejected else None}
+
+
+def _pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    k = min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))
+    return xs[k]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--per-client", type=int, default=4, help="requests per client at each level")
+    ap.add_argument("--levels", default="1,4,16")
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--max-queue", type=int, default=16)
+    ap.add_argument("--json", metavar="FILE", help="also write the rows here")
+    args = ap.parse_args(argv)
+    levels = [int(x) for x in args.levels.split(",")]
+    common = ["--provider", args.provider, "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue)]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
+    rows = []
+    for mode, extra in (("off", ["--no-batching"]), ("on", [])):
+        port = _port()
+        proc = start(args.model, common + extra, port)
+        try:
+            load(port, 2, 1, 4)  # warm-up
+            for c in levels:
+                r = load(port, c, args.per_client, args.max_tokens)
+                r["batching"] = mode
+                rows.append(r)
+                print(f"batching {mode:3} clients {c:3}: {r['req_s']:6.2f} req/s {r['tok_s']:8.1f} tok/s "
+                      f"p50 {r['p50_ms']:7.1f} ms p95 {r['p95_ms']:7.1f} ms ({r['ok']}/{r['requests']} ok)",
+                      file=sys.stderr)
+            if mode == "on":
+                over = int(1.5 * (args.max_batch + args.max_queue))
+                r = load(port, over, 2, args.max_tokens)
+                r["batching"] = "on, overload"
+                rows.append(r)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    print("| batching | clients | requests ok/sent | req/s | tokens/s | p50 ms | p95 ms | 429 p95 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        rej = f"{r['reject_p95_ms']:.1f}" if r["reject_p95_ms"] is not None else "-"
+        print(f"| {r['batching']} | {r['clients']} | {r['ok']}/{r['requests']} | {r['req_s']:.2f} | {r['tok_s']:.0f} "
+              f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {rej} |")
+    on = {r["clients"]: r for r in rows if r["batching"] == "on"}
+    off = {r["clients"]: r for r in rows if r["batching"] == "off"}
+    top = max(levels)
+    if top in on and top in off and 1 in on:
+        print(f"\nat {top} clients: batching gives {on[top]['tok_s'] / off[top]['tok_s']:.2f}x the tokens/s of "
+              f"no batching and {on[top]['tok_s'] / on[1]['tok_s']:.2f}x its own 1-client rate; "
+              f"p95 {on[top]['p95_ms'] / on[1]['p95_ms']:.2f}x the 1-client p95")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""`ghost-lsp serve` with remote_url → a live `ghost-lsp serve-model`: suggestions come from the
+model server; a killed server costs a bounded wait, and suggestions return when it comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, client_capabilities
+
+TOKEN = "e2e-remote-token"
+SOURCE = "def add(a, b):\n    return a + b\n\n\nclass Stack:\n    def push(self, item):\n        self.items.append(item)\n"
+SPOTS = [(1, "    return "), (6, "        self."), (5, "    def push(self, item):")]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_model_server(model: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "GHOST_LSP_SERVE_TOKEN": TOKEN}
+    proc = subprocess.Popen([sys.executable, "-m", "ghost_lsp.cli", "serve-model", "--model", str(model),
+                             "--port", str(port), "--threads", "1", "--log-level", "WARNING"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("serve-model did not become ready")
+
+
+def served_requests(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith('ghost_serve_requests_total{status="200"}'):
+                return float(line.split()[-1])
+    return 0.0
+
+
+async def suggestions(lsp, uri):
+    for line, prefix in SPOTS:
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line, len(prefix)),
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))
+        got = await asyncio.wait_for(lsp.text_document_inline_completion_async(params), 20)
+        got = list(got.items if hasattr(got, "items") else got or [])
+        if got:
+            return got
+    return []
+
+
+@pytest.mark.asyncio
+async def test_serve_with_remote_url(model_dir, tmp_path):
+    port = _port()
+    model_server = start_model_server(model_dir, port)
+    # No local model: every suggestion must come from the model server.
+    config = ClientServerConfig(server_command=[sys.executable, "-m", "ghost_lsp.cli", "serve",
+                                                "--model", str(tmp_path / "no-local-model"),
+                                                "--db", str(tmp_path / "f.db")])
+    lsp = await config.start()
+    try:
+        await lsp.initialize_session(types.InitializeParams(
+            capabilities=client_capabilities("visual_studio_code"),
+            initialization_options={"ghost": {"debounceMs": 0, "maxNewTokens": 16, "deadlineMs": 3000,
+                                              "remoteUrl": f"http://127.0.0.1:{port}", "remoteToken": TOKEN}}))
+        uri = (tmp_path / "m.py").as_uri()
+        lsp.text_document_did_open(types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=SOURCE)))
+        before = served_requests(port)
+        got = await suggestions(lsp, uri)
+        assert got and got[0].insert_text.strip()
+        assert served_requests(port) > before
+
+        model_server.kill()
+        model_server.wait(5)
+        t0 = time.monotonic()
+        assert await suggestions(lsp, uri) == []  # nothing to show, and no hang
+        assert time.monotonic() - t0 < 3 * len(SPOTS)
+
+        model_server = start_model_server(model_dir, port)
+        # Back without restarting the language server, once the circuit breaker's cooldown
+        # (5 s after repeated failures) lets a request probe the server again.
+        t0 = time.monotonic()
+        while not await suggestions(lsp, uri):
+            assert time.monotonic() - t0 < 15, "no suggestions after the model server came back"
+            await asyncio.sleep(0.5)
+        errors = [m.message for m in lsp.messages if m.type == types.MessageType.Error]
+        assert not errors, errors
+    finally:
+        await lsp.shutdown_session()
+        model_server.kill()
+        model_server.wait(5)
