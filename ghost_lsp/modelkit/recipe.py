@@ -111,6 +111,13 @@ def stage_train(r: Recipe, stage: str) -> dict:
 
     if stage == "teacher":
         cfg = r.section("teacher")
+        cont = cfg.pop("continue", None)
+        if cont:
+            # a second run from the first one's weights with a fresh (lower) schedule: how the
+            # shipped teacher got more training after the first budget ran out
+            first = TrainConfig.from_dict({**cfg, "name": "teacher"})
+            train(first, r.corpus_dir, r.tokenizer_path, r.stage_dir("teacher-first"))
+            cfg = {**cfg, **cont, "init_from": str(r.stage_dir("teacher-first"))}
     elif stage in ("student", "baseline"):
         cfg = r.section("student")
         cfg.pop("teacher", None)
