@@ -307,6 +307,15 @@ def _accept(completion: Completion) -> types.Command:
     return types.Command(title="Accept suggestion", command=ACCEPT_COMMAND, arguments=[completion.id])
 
 
+def _completion_items(ls: GhostServer) -> bool:
+    """Whether to answer textDocument/completion: the setting, else only for clients
+    without inline completion (so one keystroke costs one inference, not two)."""
+    if ls.settings.completion_items is not None:
+        return ls.settings.completion_items
+    caps = ls.client_capabilities.text_document
+    return caps is None or caps.inline_completion is None
+
+
 def _word_start(line_text: str, col: int) -> int:
     i = col
     while i > 0 and (line_text[i - 1].isalnum() or line_text[i - 1] == "_"):
@@ -367,6 +376,8 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
     async def completion(ls: GhostServer, params: types.CompletionParams):
+        if not _completion_items(ls):
+            return None
         got = await _suggest(ls, params.text_document.uri, params.position, multiline=False, trigger="invoked")
         if got is None:
             return None

@@ -74,6 +74,10 @@ class Settings:
     rerank_model: str = ""
     # Output filters: each rule on/off and its thresholds (nested section "filters").
     filters: FilterSettings = FilterSettings()
+    # Answer textDocument/completion too. None (the default) = only for clients that do not
+    # support inline completion: VS Code and Neovim 0.12 ask for both on each keystroke, and
+    # answering both would run the model twice.
+    completion_items: bool | None = None
     # Remote model server (OpenAI-compatible /v1/completions: ghost-lsp serve-model, vLLM, TGI...);
     # "" = run the local model. The token may come from $GHOST_LSP_REMOTE_TOKEN instead.
     remote_url: str = ""
@@ -118,6 +122,7 @@ _RULES: dict[str, tuple[type, Any]] = {
     "temperatures": ("floats", lambda v: len(v) <= 8 and all(0.0 <= t <= 2.0 for t in v)),
     "rerank_model": (str, None),
     "filters": (FilterSettings, None),
+    "completion_items": (bool, None),
     "remote_url": (str, lambda v: v == "" or v.startswith(("http://", "https://"))),
     "remote_token": (str, None),
     "remote_timeout_ms": (int, _in_range(50, 600_000)),
@@ -134,6 +139,8 @@ def _snake(key: str) -> str:
 def _coerce(key: str, value: Any) -> Any:
     """Return the typed value or raise ValueError saying what was expected."""
     typ, check = _RULES[key]
+    if key == "completion_items" and value is None:
+        return None  # back to "decide from the client's capabilities"
     if typ == "tables":  # checked entry by entry where it is used (feedback/ab.py)
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, dict) for v in value):
             raise ValueError("expected a list of tables")
