@@ -233,13 +233,13 @@ def build_parser(with_model: bool = False) -> tuple[argparse.ArgumentParser, lis
 
     add_feedback_parsers(sub)
 
-    from ghost_lsp.evals.cli import add_eval_parsers  # `eval ...`; other evals register there
-
-    add_eval_parsers(sub)
-
     from ghost_lsp.context.explain import add_prompt_parser
 
     add_prompt_parser(sub, model_help)
+
+    from ghost_lsp.evals.cli import add_eval_parsers  # `eval ...`; other evals register there
+
+    add_eval_parsers(sub)
 
     from ghost_lsp.serving.cli import add_serve_model_parser  # runs only with the [serve] extra
 

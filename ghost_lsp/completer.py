@@ -93,12 +93,12 @@ class Completer:
         self.engine = engine
         self.settings = settings
         self.store = store
+        self.variant = ""  # A/B variant name, set by the front end (feedback/ab.py)
         self.index = index  # ProjectIndex or None; the server keeps it current
         self._fanout: tuple[tuple[str, ...], FanOut] | None = None
         # Documents by last completion request, most recent last: the open-files provider
         # looks at recently edited documents first.
         self._recent: dict[str, None] = {}
-        self.variant = ""  # A/B variant name, set by the front end (feedback/ab.py)
         # How often each filter cut a candidate, since start (also logged per suggestion).
         self.cut_counts: Counter[str] = Counter()
         self._reranker: tuple[str, Any] | None = None  # (model folder, ModelReranker or None)

@@ -156,12 +156,6 @@ class GhostServer(LanguageServer):
         await asyncio.shield(self.start_loading())
         return self.completer.engine is not None
 
-    def workspace_root(self) -> str | None:
-        try:
-            return self.workspace.root_path
-        except RuntimeError:  # before initialize
-            return None
-
     # -- the project index (context/index.py) --------------------------------------------
 
     def start_index(self) -> None:
@@ -338,8 +332,8 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
         ls.pending_warnings.clear()
         ls.open_store()
         ls.start_loading()  # in a thread; requests wait for it
-        ls.start_index()
         ls.feedback.start()
+        ls.start_index()
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
     async def on_save(ls: GhostServer, params: types.DidSaveTextDocumentParams):
