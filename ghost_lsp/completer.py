@@ -12,17 +12,16 @@ import asyncio
 import hashlib
 from collections import Counter
 import logging
-import re
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache, partial
-from pathlib import PurePosixPath
+from functools import partial
 from typing import Any, Callable
 
 from ghost_lsp.context import ContextRequest, FanOut, gather, make_providers
 from ghost_lsp.engine.base import Engine, EngineError
+from ghost_lsp.globs import is_excluded  # noqa: F401 - re-exported for callers
 from ghost_lsp.filters import StopCheck, apply_filters
 from ghost_lsp.prompt import build_prompt
 from ghost_lsp.rank import ModelReranker, rank
@@ -30,48 +29,6 @@ from ghost_lsp.settings import Settings
 from ghost_lsp.types import Candidate, Completion, CompletionRequest, SamplingParams
 
 log = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern:
-    """Translate a gitignore-like glob: `**` spans directories, `*` and `?` do not."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def is_excluded(path: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    """True if `path` matches a glob. A pattern without "/" matches the file name anywhere;
-    a relative pattern with "/" may start in any directory."""
-    if not path:
-        return False
-    p = path.replace("\\", "/")
-    name = PurePosixPath(p).name
-    for pat in patterns:
-        if "/" not in pat:
-            if _glob_regex(pat).match(name):
-                return True
-            continue
-        if not pat.startswith(("/", "**")):
-            pat = "**/" + pat
-        if _glob_regex(pat).match(p.lstrip("/")) or _glob_regex(pat).match(p):
-            return True
-    return False
 
 
 def want_multiline(mode: str, request_multiline: bool, line_prefix: str, line_suffix: str) -> bool:

@@ -22,8 +22,8 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
+from ghost_lsp.globs import glob_to_regex, is_excluded
 
 log = logging.getLogger(__name__)
 
@@ -37,41 +37,6 @@ MAX_MODULE_LINES = 30  # idem for a module's outline
 # -- .gitignore ----------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1024)
-def _glob_to_regex(glob: str) -> re.Pattern:
-    out, i = [], 0
-    while i < len(glob):
-        if glob.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif glob.startswith("/**", i) and i + 3 == len(glob):
-            out.append("/.*")
-            i += 3
-        elif glob.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif glob[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif glob[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif glob[i] == "[":
-            j = glob.find("]", i + 1)
-            if j < 0:
-                out.append(re.escape("["))
-                i += 1
-            else:
-                body = glob[i + 1:j]
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body.replace("\\", "\\\\")) + "]")
-                i = j + 1
-        elif glob[i] == "\\" and i + 1 < len(glob):
-            out.append(re.escape(glob[i + 1]))
-            i += 2
-        else:
-            out.append(re.escape(glob[i]))
-            i += 1
-    return re.compile("".join(out))
 
 
 @dataclass(frozen=True)
@@ -104,7 +69,7 @@ class IgnoreRules:
             anchored = "/" in line
             line = line.lstrip("/")
             pattern = line if anchored else "**/" + line
-            self.rules.append(_Rule(base, _glob_to_regex(pattern), negate, dir_only))
+            self.rules.append(_Rule(base, glob_to_regex(pattern), negate, dir_only))
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
         result = False
@@ -276,7 +241,6 @@ class ProjectIndex:
     def _excluded(self, rel: str) -> bool:
         if not self.exclude:
             return False
-        from ghost_lsp.completer import is_excluded  # one glob dialect for settings.exclude
 
         return is_excluded(rel, self.exclude)
 
