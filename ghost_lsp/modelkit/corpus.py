@@ -11,7 +11,6 @@ Packages listed in shared/eval-reserved.txt are never read: they are kept for ev
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re

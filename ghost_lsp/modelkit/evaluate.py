@@ -106,7 +106,7 @@ def evaluate_recipe(r, positions: int = 300, out_md: str | Path | None = None) -
         rows.append(_engine_row(f"{stage} (fp32 ONNX)", params, loss_pt, out, pos, sample_prompt, OnnxEngine))
     if (r.out / "manifest.json").exists():
         params = rows[-1]["params"] if rows else 0
-        eng_row = _engine_row(f"student (int8 ONNX, shipped)", params, None, r.out, pos, sample_prompt, OnnxEngine,
+        eng_row = _engine_row("student (int8 ONNX, shipped)", params, None, r.out, pos, sample_prompt, OnnxEngine,
                               windows=windows)
         rows.append(eng_row)
     table = format_table(rows)

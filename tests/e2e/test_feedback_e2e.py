@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
-from test_server import SOURCE, SPOTS, db_rows, first_suggestion, inline, new_uri, open_doc, pos, start_server, stop_server, utf16_len
+from test_server import SOURCE, db_rows, first_suggestion, inline, new_uri, open_doc, pos, start_server, stop_server, utf16_len
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from editor_helpers import EDITORS, FAST, ROOT
+from editor_helpers import EDITORS, FAST
 
 HERE = Path(__file__).resolve().parent
 TOOLS = Path(os.environ.get("GHOST_EDITOR_TOOLS", Path.home() / ".cache" / "ghost-lsp-editors"))
