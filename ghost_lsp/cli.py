@@ -245,6 +245,10 @@ def build_parser(with_model: bool = False) -> tuple[argparse.ArgumentParser, lis
 
     add_serve_model_parser(sub, model_help)
 
+    from ghost_lsp.bench import add_bench_parser  # torch/transformers only imported when it runs
+
+    add_bench_parser(sub)
+
     missing: list[str] = []
     if with_model:
         missing = _add_model_commands(sub)

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
+from ghost_lsp.cache import Debouncer, ForwardCache, split_at
 from ghost_lsp.context import ContextRequest, FanOut, gather, make_providers
 from ghost_lsp.engine.base import Engine, EngineError
 from ghost_lsp.globs import is_excluded  # noqa: F401 - re-exported for callers
@@ -63,6 +64,13 @@ class Completer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghost-infer")
         # The newest request for a document supersedes an older one still running.
         self._running: dict[str, threading.Event] = {}
+        # Type-through answers, the per-document typing pace, and the newest request per
+        # document (an older one still waiting out its debounce is dropped when woken).
+        self.forward = ForwardCache()
+        self._debouncer: Debouncer | None = None
+        self._latest: dict[str, int] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._seq = 0
 
     def close(self) -> None:
         for ev in self._running.values():
@@ -98,13 +106,40 @@ class Completer:
         s, engine = self.settings, self.engine
         if engine is None or not s.enabled or "\x00" in text or is_excluded(req.path, s.exclude):
             return None
-        if s.debounce_ms:
-            await asyncio.sleep(s.debounce_ms / 1000)
-
-        cancel = threading.Event()
-        previous = self._running.get(req.uri)
+        # A newer request makes older ones for the document stale: stop a running one now,
+        # wake a waiting one so it returns at once (coalescing a burst into one inference).
+        self._seq += 1
+        seq = self._latest[req.uri] = self._seq
+        previous = self._running.pop(req.uri, None)
         if previous is not None:
             previous.set()
+        waiting = self._wake.pop(req.uri, None)
+        if waiting is not None:
+            waiting.set()
+
+        if s.forward_cache:
+            prefix, suffix = split_at(text, req.line, req.character)
+            hit = self.forward.get(req.uri, prefix, suffix, lambda: uuid.uuid4().hex)
+            if hit is not None:
+                log.debug("forward-cache hit for %s", req.uri)
+                return hit
+        if self._debouncer is None or self._debouncer.base_ms != s.debounce_ms:
+            self._debouncer = Debouncer(s.debounce_ms)
+        delay = self._debouncer.delay_ms(req.uri)
+        if delay > 0:
+            wake = self._wake[req.uri] = asyncio.Event()
+            try:
+                await asyncio.wait_for(wake.wait(), delay / 1000)
+                return None  # superseded while waiting
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                if self._wake.get(req.uri) is wake:
+                    del self._wake[req.uri]
+        if self._latest.get(req.uri) != seq:
+            return None
+
+        cancel = threading.Event()
         self._running[req.uri] = cancel
         try:
             return await self._complete(req, text, open_docs, engine, s, cancel)
@@ -190,7 +225,10 @@ class Completer:
                 stop_check=StopCheck(ctx, multiline, s.filters) if s.filters.early_stop else None,
             )
             try:
-                cand = await self._in_worker(partial(engine.generate, prompt.text, params, cancel, deadline), cancel)
+                gen = partial(engine.generate, prompt.text, params, cancel, deadline)
+                if hasattr(engine, "kv_cache"):  # keyed KV slots: one document's typing keeps others'
+                    gen = partial(gen, cache_key=req.uri)
+                cand = await self._in_worker(gen, cancel)
             except asyncio.CancelledError:
                 raise
             except EngineError as e:  # expected failures (a remote server down): no traceback
@@ -204,6 +242,8 @@ class Completer:
             candidates.append(cand)
         t3 = time.perf_counter()
         timings["generate_ms"] = (t3 - t2) * 1000
+        if candidates and self._debouncer is not None:
+            self._debouncer.note_inference(timings["generate_ms"])
         timings["prefill_ms"] = sum(c.prefill_ms for c in candidates)
         timings["decode_ms"] = sum(c.decode_ms for c in candidates)
         if not candidates:
@@ -233,7 +273,7 @@ class Completer:
         best = order[0]
         log.debug("suggestion %r cut %s; candidates' cuts %s", kept[best][0][:80], kept[best][1],
                   [r for _, r in kept])
-        return Completion(
+        completion = Completion(
             id=uuid.uuid4().hex,
             text=kept[best][0],
             candidate=candidates[best],
@@ -246,3 +286,6 @@ class Completer:
             prompt=prompt.text,
             variant=self.variant,
         )
+        if s.forward_cache:
+            self.forward.put(req.uri, *split_at(text, req.line, req.character), completion)
+        return completion

@@ -62,6 +62,8 @@ class Settings:
     debounce_ms: int = 30
     # Give up on a request after this long (engine stops between tokens).
     deadline_ms: int = 2000
+    # Answer from the shown suggestion while the user types what it predicted (no model run).
+    forward_cache: bool = True
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     log_level: str = "INFO"
     # Context providers besides the current document, in priority order ("open_files", "project").
@@ -115,6 +117,7 @@ _RULES: dict[str, tuple[type, Any]] = {
     "multiline": (str, lambda v: v in MULTILINE_MODES),
     "debounce_ms": (int, _in_range(0, 5000)),
     "deadline_ms": (int, _in_range(50, 600_000)),
+    "forward_cache": (bool, None),
     "exclude": (tuple, None),
     "log_level": (str, lambda v: v.upper() in LOG_LEVELS),
     "context_providers": (tuple, lambda v: set(v) <= {"open_files", "project"}),

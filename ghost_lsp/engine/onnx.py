@@ -171,7 +171,7 @@ def _char_offsets(generated: bytes, healed_len: int, starts: list[int]) -> list[
 class _KvEntry:
     """The cache of one token sequence: its past key/values and the logits at marked lengths."""
 
-    __slots__ = ("key", "ids", "past", "marks", "nbytes")
+    __slots__ = ("ids", "key", "marks", "nbytes", "past")
 
     def __init__(self, key, ids: list[int], past: dict[str, np.ndarray], marks: dict[int, np.ndarray]):
         self.key, self.ids, self.past, self.marks = key, ids, past, marks
@@ -379,6 +379,7 @@ class OnnxEngine:
         logits, past, base, reused = self._prefill(prompt_ids)
         t1 = time.perf_counter()
         cand.prefill_ms = (t1 - t0) * 1000
+        log.debug("kv cache: reused %d of %d prompt tokens", reused, len(prompt_ids))
         # Logits kept with the cache: the prompt end (the next candidate starts there) and,
         # below, the end of what was fed (a user typing the suggestion lands there).
         marks = {m: v for m, v in base.marks.items() if m <= reused} if base is not None else {}

@@ -1,0 +1,45 @@
+"""`ghost-lsp bench`: the command runs, reports unavailable rows as skipped with the reason,
+and its bandwidth arithmetic adds up (timings themselves are not asserted)."""
+
+import json
+
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from ghost_lsp.bench import bytes_per_token, copy_bandwidth_gbs
+from ghost_lsp.cli import main
+
+
+def test_bytes_per_token_counts_every_weight_and_the_kv_cache(tiny_model_dir):
+    model = onnx.load(str(tiny_model_dir / "model.onnx"))
+    weights = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    b0, b10 = bytes_per_token(tiny_model_dir, 1), bytes_per_token(tiny_model_dir, 11)
+    assert b0["weight_bytes"] == weights > 0
+    assert b10["kv_bytes"] == 11 * b0["kv_bytes"] > 0
+    assert b10["total_bytes"] == weights + b10["kv_bytes"]
+    assert copy_bandwidth_gbs(mb=8, repeats=2) > 0.1
+
+
+def test_bench_skips_what_is_missing_and_writes_json(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rc = main(["bench", "--model", str(tiny_model_dir), "--only", "variants,bandwidth", "--rounds", "1",
+               "--new-tokens", "4", "--hf", str(tmp_path / "no-hf"), "--teacher", str(tmp_path / "t"),
+               "--student", str(tmp_path / "s"), "--out", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    rows = {r["row"]: r for r in data["results"]}
+    assert "no PyTorch checkpoint" in rows["quantization"]["skipped"]
+    assert "no HF checkpoint" in rows["distillation"]["skipped"]
+    bw = rows["bandwidth"]
+    assert bw["best_ms_per_token"] > 0 and bw["measured_ms_per_token"] > 0
+    assert bw["times_the_limit"] == pytest.approx(bw["measured_ms_per_token"] / bw["best_ms_per_token"], rel=0.02)
+    printed = capsys.readouterr().out
+    assert "skipped: no PyTorch checkpoint" in printed and "bandwidth" in printed
+    assert data["meta"]["command"].startswith("ghost-lsp")
+
+
+def test_bench_rejects_unknown_sections(tiny_model_dir, tmp_path, capsys):
+    assert main(["bench", "--model", str(tiny_model_dir), "--only", "warp", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown section" in capsys.readouterr().err
+    assert main(["bench", "--model", str(tmp_path / "none")]) == 1
