@@ -91,6 +91,23 @@ def heal_split(ids: list[int], token_bytes: list[bytes], max_tokens: int = 2) ->
     return keep, b"".join(token_bytes[i] for i in ids[keep:])
 
 
+def heal_prompt(ids: list[int], token_bytes: list[bytes],
+                fim_ids: tuple[int | None, int | None] = (None, None)) -> tuple[list[int], bytes]:
+    """The prompt ids to run and the healed bytes R the generation must start with.
+
+    A fill-in-the-middle prompt ends in <fim_middle> on purpose, but the cursor sits at the end
+    of the prefix part, before <fim_suffix>: that is where a half-typed word or an indentation
+    run splits a token. So for FIM the prefix part is healed and the sentinels stay in place.
+    """
+    suffix_id, middle_id = fim_ids
+    if middle_id is not None and suffix_id is not None and ids and ids[-1] == middle_id and suffix_id in ids:
+        s = len(ids) - 1 - ids[::-1].index(suffix_id)
+        keep, healed = heal_split(ids[:s], token_bytes)
+        return ids[:keep] + ids[s:], healed
+    keep, healed = heal_split(ids, token_bytes)
+    return ids[:keep], healed
+
+
 class Healer:
     """Answers "which tokens may come next while R is not yet spelled out" fast.
 

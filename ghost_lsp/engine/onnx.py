@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ghost_lsp.engine.base import EngineError
-from ghost_lsp.engine.healing import Healer, advance, heal_split, token_bytes_table
+from ghost_lsp.engine.healing import Healer, advance, heal_prompt, token_bytes_table
 from ghost_lsp.engine.sampling import choose_token, log_softmax
 from ghost_lsp.manifest import Manifest
 from ghost_lsp.types import Candidate, SamplingParams
@@ -303,6 +303,9 @@ class OnnxEngine:
         if self.eos_id is not None and self.eos_id < size:
             self._allowed[self.eos_id] = True
         self._healer = Healer(self.token_bytes, banned) if token_healing else None
+        # FIM prompts are healed at the cursor (before <fim_suffix>), not at <fim_middle>
+        self._fim_ids = ((self.tokenizer.token_to_id(self.manifest.fim_suffix),
+                          self.tokenizer.token_to_id(self.manifest.fim_middle)) if self.manifest.fim else (None, None))
         self.reuse_kv = reuse_kv
         self.kv_cache = KvCache(kv_entries if reuse_kv else 0, kv_max_bytes)
         self._lock = threading.Lock()
@@ -366,8 +369,7 @@ class OnnxEngine:
         budget = max(1, ctx - max_new)
         if len(ids) > budget:
             ids = ids[-budget:]  # safety net: the prompt stage should have budgeted already
-        keep, healed = heal_split(ids, self.token_bytes) if self._healer else (len(ids), b"")
-        prompt_ids = ids[:keep]
+        prompt_ids, healed = heal_prompt(ids, self.token_bytes, self._fim_ids) if self._healer else (ids, b"")
         if not prompt_ids:
             if self.eos_id is None:
                 return Candidate(text="", finish_reason="length")
@@ -393,7 +395,7 @@ class OnnxEngine:
         starts: list[int] = []  # byte offset of each token in `generated`
         stops = [s for s in params.stop if s]
         # Re-spelling the healed tail costs steps the caller did not budget for.
-        max_steps = max_new + (len(ids) - keep)
+        max_steps = max_new + (len(ids) - len(prompt_ids))  # room to re-spell the healed tail
         text, reason = "", "length"
         for step in range(max_steps):
             if cancel is not None and cancel.is_set():
