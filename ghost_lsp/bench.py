@@ -96,6 +96,21 @@ def _hf_dir_for(model_dir: Path, explicit: str | None) -> tuple[Path | None, str
     return None, "no PyTorch checkpoint (config.json) in " + ", ".join(map(str, cands))
 
 
+def _export(hf: Path, out: Path, **kw) -> None:
+    """export_onnx without its tracer warnings and quantizer advice on the bench's output."""
+    import warnings
+
+    from ghost_lsp.modelkit.export import export_onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            export_onnx(hf, out, **kw)
+        finally:
+            logging.disable(logging.NOTSET)
+
+
 # -- 1. engines ---------------------------------------------------------------------------------
 
 
@@ -223,7 +238,6 @@ def _long_context_row(tokenizer, n_new, rounds, threads) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ghost_lsp.engine.onnx import OnnxEngine
-    from ghost_lsp.modelkit.export import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="ghost-bench-1k-") as tmp:
         hf = Path(tmp) / "hf"
@@ -236,8 +250,8 @@ def _long_context_row(tokenizer, n_new, rounds, threads) -> dict:
         model.save_pretrained(hf)
         tokenizer.save(str(hf / "tokenizer.json"))
         out = Path(tmp) / "onnx"
-        export_onnx(hf, out, quantize="int8", min_agreement=0.0, logits_atol=1e-2,
-                    manifest_fields={"name": "random-5m-1k"})
+        _export(hf, out, quantize="int8", min_agreement=0.0, logits_atol=1e-2,
+                manifest_fields={"name": "random-5m-1k"})
         engine = OnnxEngine(out, intra_op_threads=threads)
         rng = np.random.default_rng(3)
         ids_pf = rng.integers(10, cfg.vocab_size, 1024).tolist()
@@ -283,8 +297,6 @@ def _val_loss(hf: Path) -> float | None:
 
 def section_variants(model_dir: Path, hf_dir: str | None, teacher: str, student: str, threads: int,
                      n_new: int, rounds: int) -> list[dict]:
-    from ghost_lsp.modelkit.export import export_onnx
-
     rows = []
     hf, why = _hf_dir_for(model_dir, hf_dir)
     with tempfile.TemporaryDirectory(prefix="ghost-bench-var-") as tmp:
@@ -292,7 +304,7 @@ def section_variants(model_dir: Path, hf_dir: str | None, teacher: str, student:
             rows.append({"row": "quantization", "skipped": why})
         else:
             fp32 = Path(tmp) / "fp32"
-            export_onnx(hf, fp32, quantize=None, manifest_fields={"name": "fp32"})
+            _export(hf, fp32, quantize=None, manifest_fields={"name": "fp32"})
             a, b = _onnx_speed(fp32, threads, n_new, rounds), _onnx_speed(model_dir, threads, n_new, rounds)
             rows.append({"row": "quantization", "model": str(hf), "onnx_fp32": a, "onnx_int8": b,
                          "decode_speedup": round(a["ms_per_token"] / b["ms_per_token"], 2),
@@ -306,7 +318,7 @@ def section_variants(model_dir: Path, hf_dir: str | None, teacher: str, student:
         res = {}
         for name, p in (("teacher", t), ("student", s)):
             out = Path(tmp) / name
-            export_onnx(p, out, quantize="int8", manifest_fields={"name": name})
+            _export(p, out, quantize="int8", manifest_fields={"name": name})
             res[name] = _onnx_speed(out, threads, n_new, rounds)
             res[name]["val_loss"] = _val_loss(p)
             from transformers import AutoConfig
@@ -325,7 +337,8 @@ def section_variants(model_dir: Path, hf_dir: str | None, teacher: str, student:
 def _held_out(package: str, n_files: int, seed: int) -> list[tuple[str, str]]:
     from ghost_lsp.evals.sources import download_sdist, read_python_files
 
-    files = [(p, t) for p, t in read_python_files(download_sdist(package)) if 2_000 < len(t) < 60_000]
+    files = [(p, t) for name in package.split(",") if name.strip()
+             for p, t in read_python_files(download_sdist(name.strip())) if len(t) > 2_000]
     random.Random(seed).shuffle(files)
     return files[:n_files]
 
@@ -344,67 +357,97 @@ def _targets(files, per_file: int, seed: int) -> list[tuple[str, str, int, str]]
     return out
 
 
+class _Recorder:
+    """The engine, remembering the last candidate (its prefill/decode split)."""
+
+    def __init__(self, engine):
+        self._engine, self.last = engine, None
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def generate(self, *a, **kw):
+        self.last = self._engine.generate(*a, **kw)
+        return self.last
+
+
 def section_cache(model_dir: Path, package: str, threads: int, positions: int, seed: int) -> dict:
-    """The same request cold (empty caches) and as the follow-up keystroke: a character the
-    suggestion did not predict (KV reuse only), and one it did (forward cache)."""
+    """The follow-up keystroke, warm vs the same request cold (empty caches): a character
+    the suggestion did not predict (the model runs; KV reuse) and one it did (forward cache)."""
     from ghost_lsp.completer import Completer
     from ghost_lsp.engine.onnx import OnnxEngine
     from ghost_lsp.settings import Settings
     from ghost_lsp.types import CompletionRequest
 
     engine = OnnxEngine(model_dir, intra_op_threads=threads)
-    comp = Completer(engine, Settings(debounce_ms=0, feedback=False, context_providers=()))
-    cold, warm, fwd, reuse, cold_pf, warm_pf = [], [], [], [], [], []
+    rec = _Recorder(engine)
+    comp = Completer(rec, Settings(debounce_ms=0, feedback=False, context_providers=()))
+    kv = {"cold": [], "warm": [], "cold_prefill": [], "warm_prefill": [], "reuse": [], "same_tokens": []}
+    fwd = {"cold": [], "warm": []}
+
+    def clear(uri):
+        engine.kv_cache.clear()
+        comp.forward.forget(uri)
 
     async def one(text, line, col, uri):
         req = CompletionRequest(uri=uri, version=1, line=line, character=col, path="/bench/" + uri[-12:])
+        rec.last = None
         t = time.perf_counter()
         c = await comp.complete(req, text)
-        return (time.perf_counter() - t) * 1000, c
+        return (time.perf_counter() - t) * 1000, c, rec.last
 
     async def run():
         for k, (path, text, i, indent) in enumerate(_targets(_held_out(package, 12, seed), 4, seed)):
-            if len(cold) >= positions:
+            if len(kv["cold"]) >= positions:
                 break
             lines = text.split("\n")
             typed = lines[i].strip()[:4]
-            base = "\n".join(lines[:i] + [indent + typed] + lines[i + 1:])
+            head, tail = "\n".join(lines[:i] + [indent + typed]), "\n".join([""] + lines[i + 1:])
             col = len(indent) + len(typed)
             uri = f"file:///bench/{k}.py"
-            engine.kv_cache.clear()
-            comp.forward.forget(uri)
-            ms, c = await one(base, i, col, uri)
-            if c is None or not c.text:
-                continue
-            cold.append(ms)
-            cold_pf.append(c.timings_ms.get("prefill_ms", 0.0))
-            # A character the suggestion does not start with: the model runs, KV reused.
-            other = next(ch for ch in "xq_zj" if not c.text.startswith(ch))
+            clear(uri)
+            _, c, _ = await one(head + tail, i, col, uri)  # the request before the keystroke
+            suggestion = c.text if c is not None else ""
+            other = next(ch for ch in "xq_zj" if not suggestion.startswith(ch))
             r0, t0 = engine.kv_cache.reused_tokens, engine.kv_cache.run_tokens
-            text2 = "\n".join(lines[:i] + [indent + typed + other] + lines[i + 1:])
-            ms2, c2 = await one(text2, i, col + 1, uri)
-            warm.append(ms2)
-            if c2 is not None:
-                warm_pf.append(c2.timings_ms.get("prefill_ms", 0.0))
+            ms_w, _, cand_w = await one(head + other + tail, i, col + 1, uri)
             reused, ran = engine.kv_cache.reused_tokens - r0, engine.kv_cache.run_tokens - t0
-            reuse.append(reused / max(1, reused + ran))
-            # Back to the first text, then type the suggestion's first character.
-            comp.forward.forget(uri)
-            await one(base, i, col, uri)
-            text3 = "\n".join(lines[:i] + [indent + typed + c.text[0]] + lines[i + 1:])
-            if "\n" in c.text[:1]:
-                continue
-            ms3, _ = await one(text3, i, col + 1, uri)
-            fwd.append(ms3)
+            clear(uri)
+            ms_c, _, cand_c = await one(head + other + tail, i, col + 1, uri)
+            if cand_w is not None and cand_c is not None:
+                kv["same_tokens"].append(cand_w.token_ids == cand_c.token_ids)
+                kv["warm"].append(ms_w)
+                kv["cold"].append(ms_c)
+                kv["warm_prefill"].append(cand_w.prefill_ms)
+                kv["cold_prefill"].append(cand_c.prefill_ms)
+                kv["reuse"].append(reused / max(1, reused + ran))
+            if suggestion and suggestion[0] not in "\n" and suggestion[1:].strip():
+                clear(uri)
+                await one(head + tail, i, col, uri)
+                ms_f, hit, _ = await one(head + suggestion[0] + tail, i, col + 1, uri)
+                clear(uri)
+                ms_fc, _, cand = await one(head + suggestion[0] + tail, i, col + 1, uri)
+                if hit is not None and "forward_cache" in hit.timings_ms and cand is not None:
+                    fwd["warm"].append(ms_f)
+                    fwd["cold"].append(ms_fc)
 
     asyncio.run(run())
     comp.close()
-    return {"row": "cache", "requests": len(cold), "cold_ms_p50": _median(cold),
-            "kv_followup_ms_p50": _median(warm), "forward_hit_ms_p50": _median(fwd),
-            "kv_token_reuse": round(float(np.mean(reuse)), 3) if reuse else None,
-            "cold_prefill_ms_p50": _median(cold_pf), "kv_followup_prefill_ms_p50": _median(warm_pf),
-            "kv_speedup": round(_median(cold) / _median(warm), 2) if warm else None,
-            "forward_speedup": round(_median(cold) / _median(fwd), 1) if fwd else None}
+
+    def ratio(a, b):
+        return round(_median(a) / _median(b), 2) if a and b else None
+
+    return {"row": "cache", "requests": len(kv["cold"]),
+            "cold_ms_p50": _median(kv["cold"]), "kv_followup_ms_p50": _median(kv["warm"]),
+            "cold_prefill_ms_p50": _median(kv["cold_prefill"]),
+            "kv_followup_prefill_ms_p50": _median(kv["warm_prefill"]),
+            "kv_token_reuse": round(float(np.mean(kv["reuse"])), 3) if kv["reuse"] else None,
+            # int8 activation scales depend on the tokens in each call: warm and cold may differ
+            "kv_same_tokens": round(float(np.mean(kv["same_tokens"])), 3) if kv["same_tokens"] else None,
+            "kv_speedup": ratio(kv["cold"], kv["warm"]),
+            "kv_prefill_speedup": ratio(kv["cold_prefill"], kv["warm_prefill"]),
+            "forward_requests": len(fwd["cold"]), "forward_cold_ms_p50": _median(fwd["cold"]),
+            "forward_hit_ms_p50": _median(fwd["warm"]), "forward_speedup": ratio(fwd["cold"], fwd["warm"])}
 
 
 # -- 4. end-to-end LSP typing replay --------------------------------------------------------------
@@ -540,9 +583,15 @@ async def _lsp_session(model_dir: Path, package: str, keystrokes: int, gap_ms: t
     }
 
 
-def section_lsp(model_dir: Path, package: str, keystrokes: int, gap_ms, seed: int) -> dict:
+def section_lsp(model_dir: Path, package: str, keystrokes: int, gap_ms, seed: int, keep_log: Path) -> dict:
+    import shutil
+
     with tempfile.TemporaryDirectory(prefix="ghost-bench-lsp-") as tmp:
-        return asyncio.run(_lsp_session(model_dir, package, keystrokes, gap_ms, seed, Path(tmp)))
+        try:
+            return asyncio.run(_lsp_session(model_dir, package, keystrokes, gap_ms, seed, Path(tmp)))
+        finally:
+            if (Path(tmp) / "server.log").exists():  # kept next to the JSON, to look into
+                shutil.copyfile(Path(tmp) / "server.log", keep_log)
 
 
 # -- 5. memory bandwidth ----------------------------------------------------------------------------
@@ -620,10 +669,13 @@ def _table(results: list[dict]) -> str:
                        f"{a['val_loss']}) -> student {b['hidden_layers']} {b['ms_per_token']:.3f} (val loss "
                        f"{b['val_loss']}): decode {r['decode_speedup']}x, prefill {r['prefill_speedup']}x")
         elif kind == "cache":
-            out.append(f"{kind:<13} {r['requests']} positions: cold {r['cold_ms_p50']} ms, follow-up with KV "
-                       f"reuse {r['kv_followup_ms_p50']} ms ({r['kv_speedup']}x, {r['kv_token_reuse']} of prompt "
-                       f"tokens reused; prefill {r['cold_prefill_ms_p50']} -> {r['kv_followup_prefill_ms_p50']} ms), "
-                       f"type-through {r['forward_hit_ms_p50']} ms ({r['forward_speedup']}x)")
+            out.append(f"{kind:<13} follow-up keystroke vs the same request cold, {r['requests']} positions: "
+                       f"{r['cold_ms_p50']} -> {r['kv_followup_ms_p50']} ms with KV reuse ({r['kv_speedup']}x; "
+                       f"prefill {r['cold_prefill_ms_p50']} -> {r['kv_followup_prefill_ms_p50']} ms, "
+                       f"{r['kv_prefill_speedup']}x, {r['kv_token_reuse']} of prompt tokens reused, same tokens "
+                       f"{r['kv_same_tokens']}); "
+                       f"{r['forward_requests']} type-through: {r['forward_cold_ms_p50']} -> "
+                       f"{r['forward_hit_ms_p50']} ms ({r['forward_speedup']}x)")
         elif kind == "lsp":
             out.append(f"{kind:<13} {r['keystrokes']} keystrokes at {r['gap_ms'][0]}-{r['gap_ms'][1]} ms: answered "
                        f"p50 {r['answered_p50_ms']} / p95 {r['answered_p95_ms']} / p99 {r['answered_p99_ms']} ms, "
@@ -677,7 +729,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run("variants", lambda: section_variants(folder, args.hf, args.teacher, args.student, threads,
                                              args.new_tokens, args.rounds))
     run("cache", lambda: section_cache(folder, args.package, threads, args.positions, args.seed))
-    run("lsp", lambda: section_lsp(folder, args.package, args.keystrokes, (args.gap_min, args.gap_max), args.seed))
+    run("lsp", lambda: section_lsp(folder, args.package, args.keystrokes, (args.gap_min, args.gap_max), args.seed,
+                                   Path(str(args.out) + ".server.log")))
     measured = next((r["onnx_int8"]["ms_per_token"] for r in results
                      if r["row"] == "engines" and "onnx_int8" in r), None)
     if measured is None and "bandwidth" in only:
@@ -702,7 +755,8 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (medians are reported)")
     p.add_argument("--no-long", action="store_true", help="skip the 1,024-token row (builds a model)")
-    p.add_argument("--package", default="tabulate", help="eval-reserved PyPI package: held-out code")
+    p.add_argument("--package", default="toolz,tabulate",
+                   help="eval-reserved PyPI packages (comma-separated): the held-out code typed")
     p.add_argument("--positions", type=int, default=12, help="positions for the cache section")
     p.add_argument("--keystrokes", type=int, default=300, help="keystrokes in the LSP replay")
     p.add_argument("--gap-min", type=int, default=60, help="ms between keys, at least")
