@@ -565,6 +565,10 @@ async def _lsp_session(model_dir: Path, package: str, keystrokes: int, gap_ms: t
     fwd_hits = len(re.findall(r"forward-cache hit", logtext))
     kv = [(int(a), int(b)) for a, b in re.findall(r"reused (\d+) of (\d+) prompt tokens", logtext)]
     kv_used = sum(1 for a, _ in kv if a > 0)
+    stages = {}
+    for name in ("context_ms", "prompt_ms", "prefill_ms", "decode_ms", "filters_ms", "total_ms"):
+        xs = [float(x) for x in re.findall(rf"'{name}': ([\d.]+)", logtext)]
+        stages[name] = _median(xs)
     return {
         "row": "lsp", "keystrokes": sent, "gap_ms": list(gap_ms), "seconds": round(wall, 1),
         "outcomes": outcomes,
@@ -573,6 +577,8 @@ async def _lsp_session(model_dir: Path, package: str, keystrokes: int, gap_ms: t
         "answered_within_100ms": round(sum(x <= 100 for x in answered_lat) / len(answered_lat), 3)
         if answered_lat else None,
         "all_responses_p50_ms": _pct(lat, 50), "all_responses_p95_ms": _pct(lat, 95),
+        # Server-side medians of the requests that ran the model and kept a suggestion.
+        "server_stage_ms_p50": stages,
         "forward_cache_hits": fwd_hits, "model_runs": len(kv),
         # How often the user's next key was the suggestion's first character: the ceiling
         # on forward-cache hits (a weak model predicts few of them).
@@ -679,7 +685,8 @@ def _table(results: list[dict]) -> str:
         elif kind == "lsp":
             out.append(f"{kind:<13} {r['keystrokes']} keystrokes at {r['gap_ms'][0]}-{r['gap_ms'][1]} ms: answered "
                        f"p50 {r['answered_p50_ms']} / p95 {r['answered_p95_ms']} / p99 {r['answered_p99_ms']} ms, "
-                       f"{r['answered_within_100ms']} within 100 ms; outcomes {r['outcomes']}; forward-cache "
+                       f"{r['answered_within_100ms']} within 100 ms; outcomes {r['outcomes']}; server p50 stages "
+                       f"{ {k[:-3]: v for k, v in r['server_stage_ms_p50'].items()} }; forward-cache "
                        f"hit rate {r['forward_hit_rate']} (next key predicted {r['next_key_predicted']}), KV hit rate {r['kv_hit_rate']} "
                        f"(token reuse {r['kv_token_reuse']})")
         elif kind == "bandwidth":

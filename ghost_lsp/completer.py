@@ -131,7 +131,7 @@ class Completer:
             try:
                 await asyncio.wait_for(wake.wait(), delay / 1000)
                 return None  # superseded while waiting
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             finally:
                 if self._wake.get(req.uri) is wake:
@@ -271,8 +271,8 @@ class Completer:
             return None
 
         best = order[0]
-        log.debug("suggestion %r cut %s; candidates' cuts %s", kept[best][0][:80], kept[best][1],
-                  [r for _, r in kept])
+        log.debug("suggestion %r cut %s; candidates' cuts %s; timings %s", kept[best][0][:80], kept[best][1],
+                  [r for _, r in kept], {k: round(v, 2) for k, v in timings.items()})
         completion = Completion(
             id=uuid.uuid4().hex,
             text=kept[best][0],
