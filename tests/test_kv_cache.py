@@ -2,6 +2,8 @@
 whatever the edit (extension, edit in the middle, backspace, type-through, other documents),
 and the cache stays within its bounds."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -137,3 +139,15 @@ def test_sampled_candidates_repeat_with_a_seed_after_caching(engines):
     s2 = cached.generate(DOC_A, params, cache_key="a")
     assert s1.token_ids == s2.token_ids == fresh.generate(DOC_A, params).token_ids
     assert first.token_ids == fresh.generate(DOC_A, GREEDY).token_ids
+
+
+def test_decoding_stops_before_a_step_would_pass_the_deadline(tiny_model_dir, monkeypatch):
+    """Answer what is ready rather than late: with 30 ms steps and 100 ms left, the engine
+    stops after ~2 steps instead of running one past the deadline."""
+    engine = OnnxEngine(tiny_model_dir, token_healing=False)
+    real = engine.decoder.run
+    monkeypatch.setattr(engine.decoder, "run", lambda ids, past: (time.sleep(0.03), real(ids, past))[1])
+    t0 = time.monotonic()
+    c = engine.generate("import os\n", SamplingParams(max_new_tokens=100), deadline=t0 + 0.1)
+    assert c.finish_reason == "deadline" and 1 <= len(c.token_ids) <= 3
+    assert time.monotonic() - t0 < 0.1 + 0.015  # the old check ran to ~0.12 s

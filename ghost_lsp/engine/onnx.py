@@ -397,11 +397,12 @@ class OnnxEngine:
         # Re-spelling the healed tail costs steps the caller did not budget for.
         max_steps = max_new + (len(ids) - len(prompt_ids))  # room to re-spell the healed tail
         text, reason = "", "length"
+        step_s = 0.0  # moving average of one decode step: stop before a step would pass the deadline
         for step in range(max_steps):
             if cancel is not None and cancel.is_set():
                 reason = "cancelled"
                 break
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() + step_s >= deadline:
                 reason = "deadline"
                 break
             mask = self._allowed
@@ -446,9 +447,12 @@ class OnnxEngine:
                 break
             if self.decoder.past_length(past) + 1 > ctx:
                 break  # context window full
+            ts = time.perf_counter()
             out, past = self.decoder.run([tok], past)
             logits = out[-1]
             fed.append(tok)
+            dt = time.perf_counter() - ts
+            step_s = dt if step_s == 0.0 else 0.7 * step_s + 0.3 * dt
         if self.reuse_kv:
             marks[len(fed)] = logits
             keep_marks = dict(sorted(marks.items())[-4:])
