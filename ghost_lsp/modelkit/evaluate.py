@@ -81,6 +81,7 @@ def evaluate_recipe(r, positions: int = 300, out_md: str | Path | None = None) -
     from ghost_lsp.modelkit.export import export_onnx
     from ghost_lsp.modelkit.train import eval_loss, fixed_windows, tokenize_split
 
+    family = r.section("export").get("prompt_family")
     valid_docs = [(d.path, d.text) for d in read_documents(r.corpus_dir / "valid.jsonl")]
     pos = nextline.sample_positions(valid_docs, positions, seed=0)
     print(f"next-line positions: {len(pos)} from {len(valid_docs)} held-out files", file=sys.stderr)
@@ -102,13 +103,18 @@ def evaluate_recipe(r, positions: int = 300, out_md: str | Path | None = None) -
         with torch.no_grad():
             loss_pt = eval_loss(model, windows, bf16=False)
         out = fp32_dir / stage
-        export_onnx(ckpt, out, quantize=None, manifest_fields={"name": f"{r.name}-{stage}"})
+        fields = {"name": f"{r.name}-{stage}", **({"family": family} if family else {})}
+        export_onnx(ckpt, out, quantize=None, manifest_fields=fields)
         rows.append(_engine_row(f"{stage} (fp32 ONNX)", params, loss_pt, out, pos, sample_prompt, OnnxEngine))
     if (r.out / "manifest.json").exists():
         params = rows[-1]["params"] if rows else 0
-        eng_row = _engine_row("student (int8 ONNX, shipped)", params, None, r.out, pos, sample_prompt, OnnxEngine,
+        shipped = _engine_row("student (int8 ONNX, shipped)", params, None, r.out, pos, sample_prompt, OnnxEngine,
                               windows=windows)
-        rows.append(eng_row)
+        rows.append(shipped)
+        # the other prompt format on the same model: the evidence for the recipe's prompt_family
+        other = "starcoder" if json.loads((r.out / "manifest.json").read_text())["family"] != "starcoder" else "plain"
+        rows.append(_engine_row(f"student (int8 ONNX, {other} prompt)", params, shipped["val_loss"], r.out, pos,
+                                sample_prompt, OnnxEngine, family=other))
     table = format_table(rows)
     print(table)
     md = Path(out_md) if out_md else r.work / "eval.md"
@@ -121,8 +127,11 @@ def evaluate_recipe(r, positions: int = 300, out_md: str | Path | None = None) -
     return rows
 
 
-def _engine_row(label, params, loss, folder: Path, pos, sample_prompt, engine_cls, windows=None) -> dict:
+def _engine_row(label, params, loss, folder: Path, pos, sample_prompt, engine_cls, windows=None,
+                family: str | None = None) -> dict:
     engine = engine_cls(folder)
+    if family:
+        engine.manifest.family = family  # prompt format only; the weights are the same
     t0 = time.monotonic()
     res = nextline.evaluate(pos, engine_completer(engine), keep_samples=8)
     elapsed = time.monotonic() - t0

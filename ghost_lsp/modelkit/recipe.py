@@ -152,7 +152,9 @@ def stage_package(r: Recipe) -> dict:
     if "min_agreement" in e:
         kwargs["min_agreement"] = float(e["min_agreement"])
     report = export_onnx(student, r.out, quantize=e.get("quantize", "int8"),
-                         manifest_fields={"name": r.name, "info": info}, **kwargs)
+                         manifest_fields={"name": r.name, "info": info,
+                                          **({"family": e["prompt_family"]} if e.get("prompt_family") else {})},
+                         **kwargs)
     return report
 
 
