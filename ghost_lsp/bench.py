@@ -295,6 +295,14 @@ def _val_loss(hf: Path) -> float | None:
     return None
 
 
+def _tokenizer_for(hf: Path, model_dir: Path) -> Path:
+    """The checkpoint's tokenizer.json, else the model folder's (the recipe trains one tokenizer)."""
+    from ghost_lsp.manifest import Manifest
+
+    own = hf / "tokenizer.json"
+    return own if own.is_file() else model_dir / Manifest.load(model_dir).tokenizer
+
+
 def section_variants(model_dir: Path, hf_dir: str | None, teacher: str, student: str, threads: int,
                      n_new: int, rounds: int) -> list[dict]:
     rows = []
@@ -304,7 +312,8 @@ def section_variants(model_dir: Path, hf_dir: str | None, teacher: str, student:
             rows.append({"row": "quantization", "skipped": why})
         else:
             fp32 = Path(tmp) / "fp32"
-            _export(hf, fp32, quantize=None, manifest_fields={"name": "fp32"})
+            _export(hf, fp32, quantize=None, tokenizer_json=_tokenizer_for(hf, model_dir),
+                    manifest_fields={"name": "fp32"})
             a, b = _onnx_speed(fp32, threads, n_new, rounds), _onnx_speed(model_dir, threads, n_new, rounds)
             rows.append({"row": "quantization", "model": str(hf), "onnx_fp32": a, "onnx_int8": b,
                          "decode_speedup": round(a["ms_per_token"] / b["ms_per_token"], 2),
@@ -318,7 +327,12 @@ def section_variants(model_dir: Path, hf_dir: str | None, teacher: str, student:
         res = {}
         for name, p in (("teacher", t), ("student", s)):
             out = Path(tmp) / name
-            _export(p, out, quantize="int8", manifest_fields={"name": name})
+            try:
+                _export(p, out, quantize="int8", tokenizer_json=_tokenizer_for(p, model_dir),
+                        manifest_fields={"name": name})
+            except Exception as e:  # noqa: BLE001 - a half-written checkpoint: report, keep the other rows
+                rows.append({"row": "distillation", "skipped": f"export of {p} failed: {type(e).__name__}: {e}"})
+                return rows
             res[name] = _onnx_speed(out, threads, n_new, rounds)
             res[name]["val_loss"] = _val_loss(p)
             from transformers import AutoConfig
