@@ -447,6 +447,12 @@ def add_eval_parsers(sub) -> argparse.ArgumentParser:
     _common(p, model=False)
     p.set_defaults(func=cmd_report)
 
+    from ghost_lsp.evals import holes
+
+    p = esub.add_parser("holes", help="blank function bodies of a held-out project, fill them, run its tests")
+    holes.add_arguments(p)
+    p.set_defaults(func=holes.main_args)
+
     from ghost_lsp.evals import loops
 
     p = esub.add_parser("loops", help="loop rate before/after filters, early stop, ranking, penalty sweep")

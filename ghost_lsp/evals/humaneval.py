@@ -61,16 +61,19 @@ def _next_indent(line: str) -> str:
 
 
 def complete_body(pipeline, problem: dict, *, rounds: int = 4, temperature: float | None = None,
-                  seed: int | None = None) -> str:
-    """The function body the pipeline's accepted suggestions add up to ('' if none)."""
+                  seed: int | None = None, indent: str = "    ", suffix: str = "", path: str | None = None) -> str:
+    """The function body the pipeline's accepted suggestions add up to ('' if none).
+
+    `suffix` is the document after the body's line (the rest of a file, for `eval holes`)."""
     doc = problem["prompt"] if problem["prompt"].endswith("\n") else problem["prompt"] + "\n"
-    body = "    "
+    body = indent
     accepted = False
     for r in range(rounds):
         text = doc + body
         line = text.count("\n")
         character = len(text) - text.rfind("\n") - 1
-        c = pipeline.complete(text, line, character, path=f"{problem['task_id'].replace('/', '_')}.py",
+        c = pipeline.complete(text + suffix, line, character,
+                              path=path or f"{problem['task_id'].replace('/', '_')}.py",
                               temperature=temperature, seed=None if seed is None else seed * 1000 + r)
         if c is None or not c.text:
             break

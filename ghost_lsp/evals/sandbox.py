@@ -37,6 +37,7 @@ class ExecResult:
     status: str  # "passed" | "failed" | "timeout" | "error"
     detail: str
     seconds: float
+    output: str = ""  # the scratch file named by `read_back`, if the program wrote it
 
     @property
     def passed(self) -> bool:
@@ -63,10 +64,23 @@ def isolation_summary() -> str:
     return ("netns+" if network_isolation() else "") + "audit-hook+rlimits"
 
 
-def run_program(program: str, limits: Limits = Limits()) -> ExecResult:
-    """Run `program`; "passed" only if it ran to its end without an exception."""
+READ_BACK_MAX = 8 * 1024 * 1024
+
+
+def run_program(program: str, limits: Limits = Limits(), *, tree: Path | None = None,
+                files: dict[str, str] | None = None, read_back: str | None = None) -> ExecResult:
+    """Run `program`; "passed" only if it ran to its end without an exception.
+
+    `tree` (a project folder) is copied into the scratch folder, the program's working
+    directory, and `files` (relative path -> text) written over it; `read_back` names a
+    scratch file the program may write, returned as `output` (a trace, say)."""
     nonce = uuid.uuid4().hex
     scratch = Path(tempfile.mkdtemp(prefix="ghost-eval-"))
+    try:
+        _populate(scratch, tree, files)
+    except (OSError, ValueError) as e:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return ExecResult("error", f"cannot prepare the scratch folder: {e}", 0.0)
     job = json.dumps({"program": program, "scratch": str(scratch), "memory_mb": limits.memory_mb,
                       "cpu_s": max(1, int(limits.timeout_s) + 1), "nonce": nonce})
     cmd = network_isolation() + [sys.executable, "-I", "-B", str(RUNNER)]
@@ -86,8 +100,33 @@ def run_program(program: str, limits: Limits = Limits()) -> ExecResult:
         status = ("timeout", f"killed after {limits.timeout_s:g} s")
     finally:
         _kill_group(proc)
+        output = _read_back(scratch, read_back)
         shutil.rmtree(scratch, ignore_errors=True)
-    return ExecResult(status[0], status[1], round(time.monotonic() - t0, 3))
+    return ExecResult(status[0], status[1], round(time.monotonic() - t0, 3), output)
+
+
+def _populate(scratch: Path, tree: Path | None, files: dict[str, str] | None) -> None:
+    if tree is not None:
+        shutil.copytree(tree, scratch, dirs_exist_ok=True, symlinks=False,
+                        ignore=shutil.ignore_patterns("__pycache__", ".git", "*.pyc"))
+    for rel, text in (files or {}).items():
+        dest = (scratch / rel).resolve()
+        if not dest.is_relative_to(scratch.resolve()):
+            raise ValueError(f"{rel!r} is outside the scratch folder")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text, encoding="utf-8")
+
+
+def _read_back(scratch: Path, name: str | None) -> str:
+    if not name:
+        return ""
+    path = scratch / name
+    try:  # the program wrote it: a link or a huge file is refused, not followed
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > READ_BACK_MAX:
+            return ""
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _status(out: str, nonce: str, rc: int) -> tuple[str, str]:
