@@ -122,8 +122,7 @@ def evaluate_recipe(r, positions: int = 300, out_md: str | Path | None = None) -
     (r.work / "eval.json").write_text(json.dumps(rows, indent=1))
     if (r.out / "manifest.json").exists():
         # hand-written observations live beside the recipe; every figure comes from this run
-        notes = r.path.with_suffix(".notes.md")
-        print(f"wrote {write_card(r, rows, notes.read_text() if notes.exists() else '')}", file=sys.stderr)
+        print(f"wrote {write_card_from_recorded(r)}", file=sys.stderr)
     return rows
 
 
@@ -144,6 +143,13 @@ def _engine_row(label, params, loss, folder: Path, pos, sample_prompt, engine_cl
             "size_mb": folder_size_mb(folder), "prefill_ms": pre, "ms_per_token": dec,
             "samples": [{"path": p.path, "line": p.line + 1, "target": p.target, "predicted": s}
                         for p, s in res.samples]}
+
+
+def write_card_from_recorded(r) -> Path:
+    """Rewrite the card from the last `model eval` figures (runs/<name>/eval.json) and the notes."""
+    rows = json.loads((r.work / "eval.json").read_text())
+    notes = r.path.with_suffix(".notes.md")
+    return write_card(r, rows, notes.read_text() if notes.exists() else "")
 
 
 def write_card(r, rows: list[dict], notes: str = "") -> Path:
@@ -170,7 +176,9 @@ def write_card(r, rows: list[dict], notes: str = "") -> Path:
         f" {man['quantization']}, {(r.out / 'model.onnx').stat().st_size / 1e6:.1f} MB",
         f"- `tokenizer.json`: byte-level BPE, {summaries.get('student', {}).get('vocab_size', '?')} tokens,"
         " with `<|endoftext|>`, `<fim_prefix>`, `<fim_middle>`, `<fim_suffix>`, `<|pad|>`",
-        f"- context {man['context_length']} tokens; prompt family `{man['family']}` (prefix-suffix-middle FIM)", "",
+        f"- context {man['context_length']} tokens; prompt family `{man['family']}`"
+        + (" (prefix-suffix-middle FIM)" if man["family"] == "starcoder" else
+           " (left-to-right; the model is FIM-trained too and the `starcoder` template works with it)"), "",
         "## Corpus", "",
         f"- Python standard library ({len(std)} top-level modules, regression tests left out) and {len(pk)} sdists:"
         f" {', '.join(p['name'] + ' ' + p['version'] + ' (' + p['licence'] + ')' for p in pk)}.",
@@ -205,8 +213,9 @@ def write_card(r, rows: list[dict], notes: str = "") -> Path:
         "Command: `ghost-lsp model eval models/recipes/ghost-py-small.toml --positions N`. Next-line: cursor at the"
         " start of a line inside a function body (after its indentation) in the held-out validation files; the"
         " prediction is the completion through the server's own prompt, engine and single-line filters, greedy;"
-        " exact match after trimming, edit similarity = 1 − Levenshtein / longer length. Speed: 2 CPU threads,"
-        " median of 5 runs, a ~250-token prompt, 32 new tokens.", "",
+        " exact match after trimming, edit similarity = 1 − Levenshtein / longer length. Speed: the engine's"
+        " default ONNX Runtime threads (1 on a 2-core machine), median of 5 runs, a ~250-token prompt,"
+        " 32 new tokens.", "",
         format_table(rows), "",
     ]
     if notes:

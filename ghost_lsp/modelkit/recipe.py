@@ -166,7 +166,8 @@ def add_model_parsers(subparsers) -> None:
                            ("tokenizer", "train the tokenizer"),
                            ("train", "train one stage"),
                            ("package", "export, quantize and validate the student into the model folder"),
-                           ("eval", "compare teacher, students and exports in one table"),
+                           ("eval", "compare teacher, students and exports in one table; writes the card"),
+                           ("card", "rewrite the model card from the last eval's figures and the recipe's notes"),
                            ("build", "run every stage in order")]:
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("recipe", help="recipe file, e.g. models/recipes/ghost-py-small.toml")
@@ -207,5 +208,9 @@ def run_model_command(args: argparse.Namespace) -> int:
         from ghost_lsp.modelkit.evaluate import evaluate_recipe
 
         evaluate_recipe(r, positions=getattr(args, "positions", 300))
+    if cmd == "card":
+        from ghost_lsp.modelkit.evaluate import write_card_from_recorded
+
+        print(f"wrote {write_card_from_recorded(r)}", file=sys.stderr)
     print(f"model {cmd}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
     return 0
