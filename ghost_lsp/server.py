@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from pathlib import PurePath
 from typing import Any
 from urllib.parse import unquote
@@ -22,14 +24,18 @@ from pygls.workspace.position_codec import ServerTextPosition
 
 from ghost_lsp import __version__
 from ghost_lsp.completer import Completer
+from ghost_lsp.context.documents import DocumentStore
 from ghost_lsp.feedback import FeedbackStore
 from ghost_lsp.feedback.session import FeedbackLoop, effective_settings
+from ghost_lsp.framing import FramedIO, Oversize
 from ghost_lsp.settings import Settings, db_path, from_dict, model_dir, section_of_change
 from ghost_lsp.types import Completion, CompletionRequest
 
 log = logging.getLogger(__name__)
 
 ACCEPT_COMMAND = "ghost.accept"
+HEALTH = "ghost/health"
+MODEL_RETRY_S = 5.0
 # Requests whose malformed params (e.g. a negative position) get an empty answer, not silence.
 _EMPTY_ON_BAD_PARAMS = {types.TEXT_DOCUMENT_INLINE_COMPLETION, types.TEXT_DOCUMENT_COMPLETION}
 _LANGUAGES = {".py": "python", ".pyi": "python", ".js": "javascript", ".ts": "typescript",
@@ -44,6 +50,18 @@ class _Answered:
 
 
 class GhostProtocol(LanguageServerProtocol):
+    def handle_message(self, message) -> None:
+        # LSP: before `initialize`, requests get ServerNotInitialized and notifications are
+        # dropped (pygls would run the handler and answer with an internal error).
+        method = getattr(message, "method", None)
+        if self._workspace is None and method is not None and method not in (types.INITIALIZE, types.EXIT):
+            if getattr(message, "id", None) is not None:
+                log.warning("%s before initialize: refused", method)
+                self._send_response(message.id, error=types.ResponseError(
+                    code=types.ErrorCodes.ServerNotInitialized, message="the server is not initialized"))
+            return
+        super().handle_message(message)
+
     def structure_message(self, data: dict[str, Any]):
         # pygls drops a request whose params fail validation without answering it, and
         # the client waits until its timeout. Answer it here.
@@ -60,8 +78,9 @@ class GhostProtocol(LanguageServerProtocol):
             raise
 
 
-class GhostServer(LanguageServer):
-    """Holds the long-lived pieces: settings, engine (loaded lazily), feedback store, completer."""
+class GhostServer(FramedIO, LanguageServer):
+    """Holds the long-lived pieces: settings, engine (loaded lazily), feedback store, completer.
+    Reads messages through framing.py (size limit, resynchronisation)."""
 
     def __init__(self, base: Settings, warnings: list[str] | None = None):
         super().__init__("ghost-lsp", __version__, protocol_cls=GhostProtocol,
@@ -76,6 +95,7 @@ class GhostServer(LanguageServer):
         # What became of each suggestion, inferred from didChange (feedback/infer.py).
         self.feedback = FeedbackLoop(lambda sid, kind, detail: self.completer.event(sid, kind, detail))
         self._load_task: asyncio.Future | None = None
+        self._load_failed_at: float | None = None  # a failed load is retried after MODEL_RETRY_S
         self._reported: set[str] = set()
 
     # -- messages to the user ---------------------------------------------------------
@@ -91,6 +111,19 @@ class GhostServer(LanguageServer):
             self.window_show_message(types.ShowMessageParams(type=kind, message=f"ghost-lsp: {message}"))
         except Exception:  # no client connected yet (tests, early failure)
             log.debug("could not send showMessage", exc_info=True)
+
+    def on_oversize(self, skipped: Oversize) -> None:
+        mb = f"{skipped.size / 2**20:.1f} MB (limit {self.max_message_bytes / 2**20:.0f} MB)"
+        if skipped.request_id is not None and skipped.method is not None:
+            self.protocol._send_response(skipped.request_id, error=types.ResponseError(
+                code=types.ErrorCodes.InvalidRequest, message=f"message of {mb} refused"))
+        what = "a file" if skipped.method == types.TEXT_DOCUMENT_DID_OPEN else f"a {skipped.method or 'message'}"
+        self.tell(f"{what} of {mb} was too large to read; no suggestions for it")
+
+    def report_server_error(self, error: Exception, source) -> None:
+        # pygls shows every internal error to the user: once per kind is enough.
+        log.error("internal error (%s): %s", getattr(source, "__name__", source), error)
+        self.tell(f"internal error ({type(error).__name__}); see the log", types.MessageType.Error, logged=True)
 
     # -- settings -----------------------------------------------------------------------
 
@@ -146,12 +179,20 @@ class GhostServer(LanguageServer):
         except Exception as e:
             cause = str(e) if str(folder) in str(e) else f"{folder}: {e}"
             self.tell(f"model not loaded: {cause}. No suggestions until this is fixed.", types.MessageType.Error)
+            self._load_failed_at = time.monotonic()
             return
+        if self._load_failed_at is not None:
+            log.warning("model loaded from %s after an earlier failure", folder)
+            self._load_failed_at = None
         if folder != model_dir(self.settings):
             return  # settings moved on to another model while this one loaded
         self.completer.engine = engine
 
     async def engine_ready(self) -> bool:
+        failed = self._load_failed_at
+        if failed is not None and time.monotonic() - failed > MODEL_RETRY_S and self._load_task is not None \
+                and self._load_task.done():
+            self._load_task = None  # the file may be fixed by now: try again (quietly if not)
         # shield: a cancelled request must not cancel the shared load
         await asyncio.shield(self.start_loading())
         return self.completer.engine is not None
@@ -208,6 +249,14 @@ class GhostServer(LanguageServer):
             await asyncio.to_thread(self.store.close, 2)
 
 
+def _rss_kb() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):  # not Linux
+        return -1
+
+
 def _load_engine(folder, settings: Settings | None = None):
     """Runs on a worker thread; the onnxruntime import is paid here, not at startup."""
     if settings is not None and settings.remote_url:
@@ -245,6 +294,8 @@ def _cursor(doc: TextDocument, pos: types.Position) -> tuple[list[str], int] | N
     if not text:
         return lines, 0
     col = codec.position_from_client_units([text], types.Position(line=0, character=pos.character)).character
+    if codec.client_num_units(text[:col]) != pos.character:
+        return None  # inside a character (half a UTF-16 surrogate pair): not a real position
     return lines, col
 
 
@@ -322,6 +373,8 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
 
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: GhostServer, params: types.InitializeParams):
+        # pygls has just made its Workspace; ours applies edits in O(edit), not O(document).
+        ls.protocol._workspace = DocumentStore.replacing(ls.protocol._workspace)
         ls.init_options = params.initialization_options
         ls.apply_settings(initial=True)
 
@@ -417,6 +470,13 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def on_close(ls: GhostServer, params: types.DidCloseTextDocumentParams):
         ls.feedback.closed(unquote(params.text_document.uri))
+
+    @server.feature(HEALTH)
+    def health(ls: GhostServer, *args):
+        """Counts to watch for leaks (tests/reliability): tasks, threads, memory, open documents."""
+        return {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(), "rss_kb": _rss_kb(),
+                "documents": len(ls.workspace.text_documents), "running": len(ls.completer._running),
+                "model_loaded": ls.completer.engine is not None}
 
     @server.feature(types.SHUTDOWN)
     async def on_shutdown(ls: GhostServer, *args):
