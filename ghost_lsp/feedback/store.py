@@ -1,8 +1,11 @@
 """The feedback log: one SQLite file (WAL) written by one background thread.
 
 The request path only puts rows on a bounded queue; the writer thread drains it in
-batches, one transaction per batch. Any database problem (unwritable path, corrupt file,
-full disk) disables the store with one warning: suggestions are still served.
+batches, one transaction per batch. A file that cannot be opened (unwritable path, corrupt
+file) disables the store with one warning; a write that fails later (locked, full disk,
+read-only, corrupted) keeps its rows in memory (bounded) and retries until the fault goes,
+with one warning when it starts and one when it heals; a file deleted while running is
+started anew. Suggestions are served throughout.
 
 Privacy: documents are identified by sha256 of their URI, never by the raw path; every
 text (suggestion, prompt, event detail) is passed through `redact` on the writer thread,
@@ -36,6 +39,10 @@ log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 1000
 BATCH = 200
+# While writes fail (file locked, disk full, deleted, read-only), rows wait in memory, up
+# to this many, and are retried every RETRY_S seconds: the log heals when the fault goes.
+MAX_PENDING = 20_000
+RETRY_S = 2.0
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -128,6 +135,9 @@ class FeedbackStore:
         self._db: sqlite_utils.Database | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._pending: dict[str, list[dict]] = {"suggestions": [], "events": []}
+        self.write_error: str | None = None  # the fault writes are failing on now, if any
+        self._inode: int | None = None
         if not enabled or self.path is None:
             return
         try:
@@ -135,6 +145,7 @@ class FeedbackStore:
         except (OSError, sqlite3.Error, ValueError) as e:
             self._disable(f"feedback database {self.path}: {e}; feedback logging is off")
             return
+        self._inode = self._file_id()
         self._thread = threading.Thread(target=self._run, name="ghost-feedback-writer", daemon=True)
         self._thread.start()
 
@@ -240,9 +251,18 @@ class FeedbackStore:
 
     # -- writer thread ------------------------------------------------------------------
 
+    def _file_id(self) -> int | None:
+        try:
+            return self.path.stat().st_ino if self.path is not None else None
+        except OSError:
+            return None
+
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
+            try:
+                batch = [self._queue.get(timeout=RETRY_S if self.write_error else None)]
+            except queue.Empty:
+                batch = []  # only a retry of the pending rows
             while len(batch) < BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -274,16 +294,34 @@ class FeedbackStore:
         row = self._db.conn.execute("SELECT value FROM meta WHERE key = 'install_id'").fetchone()
         return row[0] if row else None
 
+    def _reopen_if_deleted(self) -> None:
+        """A file deleted (or replaced) under us would swallow writes into an unlinked
+        inode: start a new file at the path instead."""
+        if self._db is None or self.path is None or self._file_id() == self._inode:
+            return
+        log.warning("feedback database %s was deleted or replaced; starting a new file", self.path)
+        try:
+            self._db.conn.close()
+        except sqlite3.Error:
+            pass
+        self._db = self._open(self.path)
+        self._inode = self._file_id()
+
     def _write(self, rows: dict[str, list[dict]]) -> None:
-        db = self._db
-        if db is None or not (rows["suggestions"] or rows["events"]):
+        if self._db is None:
             return
         # Redaction costs regex passes over the prompt: done here, off the request path.
         for r in rows["suggestions"]:
             r["text"], r["prompt"] = redact(r["text"]), redact(r.get("prompt"))
         for r in rows["events"]:
             r["detail"] = redact(r["detail"])
+        for k in rows:  # earlier rows that failed first, in order
+            rows[k] = self._pending[k] + rows[k]
+        if not (rows["suggestions"] or rows["events"]):
+            return
         try:
+            self._reopen_if_deleted()
+            db = self._db
             with db.conn:
                 if rows["suggestions"]:
                     # A suggestion shown twice (same id) is one row.
@@ -291,7 +329,23 @@ class FeedbackStore:
                 if rows["events"]:
                     db.table("events").insert_all(rows["events"], pk="id")
         except (sqlite3.Error, OSError) as e:
-            self._disable(f"feedback database {self.path}: write failed ({e}); feedback logging is off")
+            kept = sum(len(v) for v in rows.values())
+            if kept > MAX_PENDING:  # bounded memory: the oldest rows go first
+                over = kept - MAX_PENDING
+                cut = min(over, len(rows["suggestions"]))
+                rows["suggestions"] = rows["suggestions"][cut:]
+                rows["events"] = rows["events"][over - cut:]
+                self.dropped += over
+            self._pending = rows
+            if self.write_error is None:
+                log.warning("feedback database %s: write failed (%s); rows are kept and retried "
+                            "every %.0f s, suggestions are still served", self.path, e, RETRY_S)
+            self.write_error = str(e)
+            return
+        self._pending = {"suggestions": [], "events": []}
+        if self.write_error is not None:
+            log.warning("feedback database %s: writing again after: %s", self.path, self.write_error)
+            self.write_error = None
 
     def _drain_flushes(self) -> None:
         while True:
