@@ -4,7 +4,9 @@ the project's own pytest tests (the llm-ls testbed idea, small).
 1. The project (a folder, an sdist, or a reserved PyPI package) is run once in the sandbox
    with a profiler that records, for every function of its own source files, which test
    files called it (`trace`). This run must pass: it is the "original bodies" check.
-2. Holes are functions the tests called, with a body of at most `max_body_lines` lines
+2. Holes are functions the tests called (tests that pass as shipped: a test that fails
+   on the original code in the sandbox, because it forks say, is left out of every run),
+   with a body of at most `max_body_lines` lines
    after their docstring. The hole keeps the decorators, signature and docstring; the
    body goes, the rest of the file stays as the suffix of the document.
 3. The pipeline fills the hole as an editor would (humaneval.complete_body: suggestion,
@@ -151,13 +153,13 @@ import json, threading
 _src = {os.path.join(ROOT, rel): rel for rel in SOURCES}
 _current = ["*"]
 _calls = {}
-_tests = set()
+_where = {}
 
 class _Where:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
-        _current[0] = os.path.relpath(str(item.path), ROOT)
-        _tests.add(_current[0])
+        _current[0] = item.nodeid
+        _where[item.nodeid] = os.path.relpath(str(item.path), ROOT)
         yield
         _current[0] = "*"
 
@@ -177,7 +179,7 @@ finally:
     sys.setprofile(None)
     threading.setprofile(None)
 with open(os.path.join(ROOT, TRACE_FILE), "w") as _f:
-    json.dump({"calls": {k: sorted(v) for k, v in _calls.items()}, "tests": sorted(_tests),
+    json.dump({"calls": {k: sorted(v) for k, v in _calls.items()}, "where": _where,
                "failed": _report.failed, "passed": _report.passed, "exit": int(_rc)}, _f)
 '''
 
@@ -191,10 +193,17 @@ def _program(args: list[str], trace_sources: list[str] | None = None) -> str:
 
 @dataclass
 class Trace:
-    calls: dict[str, list[str]]  # "path:first line" -> test files that called it
-    tests: list[str]             # every test file that ran
+    calls: dict[str, list[str]]  # "path:first line" -> the tests (node ids) that called it, or ALL_TESTS
+    where: dict[str, str]        # node id -> its test file, relative to the project root
     broken: list[str]            # tests that fail on the original code here (they fork, say): left out
     passed: int = 0
+
+    def test_files(self, key: str) -> tuple[str, ...] | None:
+        """The test files to run for the function at `key`: () for all, None when no working test calls it."""
+        callers = [n for n in self.calls.get(key, ()) if n not in self.broken]
+        if ALL_TESTS in callers:
+            return ()
+        return tuple(sorted({self.where[n] for n in callers if n in self.where})) or None
 
     def deselect(self) -> list[str]:
         """pytest arguments that leave the broken tests out of every hole's run."""
@@ -220,7 +229,7 @@ def trace(project: Project, limits: Limits) -> Trace:
                          f"({r.status}: {r.detail or 'no detail'}); give a longer --timeout or another project")
     if data.get("exit") not in (0, 1):  # 1: some tests failed; anything else: pytest itself did not run
         raise ValueError(f"{project.name}: pytest ended with exit code {data.get('exit')}: {r.detail}")
-    return Trace(data["calls"], data["tests"], data["failed"], data["passed"])
+    return Trace(data["calls"], data["where"], data["failed"], data["passed"])
 
 
 # -- holes -----------------------------------------------------------------------------------------
@@ -271,11 +280,10 @@ def find_holes(project: Project, tr: Trace, *, limit: int | None = None, seed: i
         except SyntaxError:
             continue
         for name, node in _functions(tree):
-            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
-            callers = tr.calls.get(f"{path}:{first}") or tr.calls.get(f"{path}:{node.lineno}")
-            if not callers:
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])  # co_firstlineno
+            tests = tr.test_files(f"{path}:{first}")
+            if tests is None:
                 continue
-            tests = () if ALL_TESTS in callers else tuple(sorted(callers))
             hole = cut(path, text, name, node, tests)
             if hole is not None and 0 < hole.body.count("\n") <= max_body_lines:
                 holes.append(hole)

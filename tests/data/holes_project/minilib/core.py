@@ -31,6 +31,11 @@ class Tally:
         return self.total
 
 
+def address(host, port):
+    """Only the test that fails in the sandbox calls this: it is never a hole."""
+    return (host, int(port))
+
+
 def unused(x):
     """No test calls this: it is never a hole."""
     return x * 2
