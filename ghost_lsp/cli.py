@@ -109,17 +109,13 @@ def cmd_complete(args: argparse.Namespace) -> int:
     for w in warnings:
         log.warning("%s", w)
 
+    from ghost_lsp.context.window import read_at
+
     path = Path(args.file)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        return _fail(f"cannot read {path}: {e}")
-    lines = text.split("\n")
-    if not 1 <= args.line <= len(lines):
-        return _fail(f"--line {args.line} is outside {path} (1..{len(lines)})")
-    line_text = lines[args.line - 1].rstrip("\r")
-    if not 1 <= args.col <= len(line_text) + 1:
-        return _fail(f"--col {args.col} is outside line {args.line} (1..{len(line_text) + 1})")
+        text = read_at(path, args.line, args.col)
+    except ValueError as e:
+        return _fail(str(e))
 
     from ghost_lsp.completer import Completer
     from ghost_lsp.engine.base import EngineError

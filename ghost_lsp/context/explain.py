@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ghost_lsp.context import PROVIDERS, ContextRequest, FanOut, gather, make_providers
-from ghost_lsp.context.window import language_for_path
+from ghost_lsp.context.window import language_for_path, read_at
 
 ROOT_MARKERS = (".git", "pyproject.toml", "setup.py", "setup.cfg")
 
@@ -61,14 +61,9 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
     path = Path(args.file)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        return _fail(f"cannot read {path}: {e}")
-    lines = text.split("\n")
-    if not 1 <= args.line <= len(lines):
-        return _fail(f"--line {args.line} is outside {path} (1..{len(lines)})")
-    if not 1 <= args.col <= len(lines[args.line - 1].rstrip("\r")) + 1:
-        return _fail(f"--col {args.col} is outside line {args.line}")
+        text = read_at(path, args.line, args.col)
+    except ValueError as e:
+        return _fail(str(e))
     folder = model_dir(Settings(model=args.model or ""))
     try:
         manifest = Manifest.load(folder)

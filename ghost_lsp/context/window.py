@@ -43,6 +43,22 @@ def offset_of(text: str, line: int, character: int) -> int:
     return start + min(character, len(line_text))
 
 
+def read_at(path, line: int, col: int) -> str:
+    """The text of `path` (a pathlib.Path), checking that the 1-based (line, col) an editor shows
+    exists in it; ValueError says what is wrong. For commands that take a file and a position."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        raise ValueError(f"--line {line} is outside {path} (1..{len(lines)})")
+    width = len(lines[line - 1].rstrip("\r")) + 1
+    if not 1 <= col <= width:
+        raise ValueError(f"--col {col} is outside line {line} (1..{width})")
+    return text
+
+
 def _tail_lines(text: str, max_chars: int) -> str:
     """The last `max_chars` of text, widened forward to a line start."""
     if len(text) <= max_chars:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<|pad|>"]
+from ghost_lsp.modelkit.tokenizer import SPECIAL_TOKENS
 
 # A few KB of ordinary Python: indentation runs, keywords, brackets, strings, comments.
 TINY_CORPUS = '''\
@@ -107,20 +107,10 @@ if __name__ == "__main__":
 
 def train_tiny_tokenizer(vocab_size: int = 400):
     """Byte-level BPE trained on TINY_CORPUS, with the special tokens first (ids 0..4)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from ghost_lsp.modelkit.tokenizer import train_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     # Repeat so merges of indentation runs and keywords clear the frequency threshold.
-    tok.train_from_iterator([TINY_CORPUS] * 4, trainer=trainer)
-    return tok
+    return train_tokenizer([TINY_CORPUS] * 4, vocab_size=vocab_size, min_frequency=0)
 
 
 def build_tiny_hf(hf_dir: str | Path, arch: str = "llama", *, seed: int = 0,
