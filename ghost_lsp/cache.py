@@ -58,6 +58,10 @@ class ForwardCache:
     def forget(self, uri: str) -> None:
         self._docs.pop(uri, None)
 
+    def clear(self) -> None:
+        """Drop every shown suggestion (the settings changed: another model or filters may answer)."""
+        self._docs.clear()
+
     def get(self, uri: str, prefix: str, suffix: str, new_id: Callable[[], str]) -> Completion | None:
         shown = self._docs.get(uri)
         hit = self._match(shown, prefix, suffix)

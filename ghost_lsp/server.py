@@ -146,6 +146,8 @@ class GhostServer(FramedIO, LanguageServer):
             return
         for w in warnings:
             self.tell(w)
+        if s != old:
+            self.completer.forward.clear()  # a cached suggestion may come from the old model or filters
         if (old.db, old.feedback) != (s.db, s.feedback):
             self.open_store()
         remote = ("remote_url", "remote_token", "remote_timeout_ms", "remote_model", "remote_fallback")

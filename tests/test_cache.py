@@ -138,3 +138,15 @@ async def test_a_burst_is_coalesced_into_one_inference():
     results = await asyncio.gather(*tasks)
     assert results[0] is None and results[1] is None and results[2] is not None
     assert len(engine.calls) == 1
+
+
+def test_a_settings_change_drops_cached_suggestions_but_an_unchanged_one_keeps_them():
+    from ghost_lsp.server import GhostServer
+
+    server = GhostServer(Settings())
+    server.apply_settings(initial=True)
+    server.completer.forward.put("u", "    self.", "\n", _shown())
+    server.apply_settings({"ghost": {}})  # same settings again: the cache stays
+    assert server.completer.forward.get("u", "    self.it", "\n", _ids()) is not None
+    server.apply_settings({"ghost": {"temperature": 0.1}})  # e.g. another model or sampling
+    assert server.completer.forward.get("u", "    self.it", "\n", _ids()) is None
