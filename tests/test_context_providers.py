@@ -3,6 +3,7 @@
 import logging
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -108,7 +109,7 @@ def project(tmp_path):
 
 
 def test_outline_keeps_signatures_and_public_members():
-    out = outline_module((Path := __import__("pathlib").Path)(__file__).read_text())
+    out = outline_module(Path(__file__).read_text())
     assert "req" in out.defs and out.defs["req"].startswith("def req(text, line, col=0")
     info = outline_module("class A(B):\n    x: int = 1\n    def f(self, a):\n        return a\n    def _g(self):\n"
                           "        pass\n")
