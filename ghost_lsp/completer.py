@@ -59,6 +59,9 @@ class Completer:
         self._recent: dict[str, None] = {}
         # How often each filter cut a candidate, since start (also logged per suggestion).
         self.cut_counts: Counter[str] = Counter()
+        # Each candidate's (kept text, cut reasons) from the latest filter stage: lets a sequential
+        # caller (the evals) say which rule dropped a request's output. Not for concurrent use.
+        self.last_kept: list[tuple[str, list[str]]] = []
         self._reranker: tuple[str, Any] | None = None  # (model folder, ModelReranker or None)
         # One worker: inferences are serialised and a queued one that is cancelled never runs.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghost-infer")
@@ -104,6 +107,7 @@ class Completer:
         """The best suggestion for `req` in `text`, or None (disabled, excluded, no model,
         bad position, nothing worth showing). Raises only asyncio.CancelledError."""
         s, engine = self.settings, self.engine
+        self.last_kept = []
         if engine is None or not s.enabled or "\x00" in text or is_excluded(req.path, s.exclude):
             return None
         # A newer request makes older ones for the document stale: stop a running one now,
@@ -264,6 +268,7 @@ class Completer:
         t4 = time.perf_counter()
         timings["filters_ms"] = (t4 - t3) * 1000
         timings["total_ms"] = (t4 - t0) * 1000
+        self.last_kept = kept
         for _, reasons in kept:
             self.cut_counts.update(reasons)
         if not order:

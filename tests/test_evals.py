@@ -227,3 +227,53 @@ def test_sources_read_sdists_without_their_tests(tmp_path):
     assert [p for p, _ in read_python_files(arc)] == ["pkg-1.0/pkg/core.py"]
     with pytest.raises(ValueError):
         read_python_files(tmp_path / "missing.txt")
+
+
+# -- loop / nonsense / drop rates ------------------------------------------------------------------
+
+
+class _ScriptedEngine:
+    """Returns fixed candidates in turn: the pipeline's filter accounting is under test, not a model."""
+
+    model_id = "scripted"
+
+    def __init__(self, outputs):
+        from ghost_lsp.manifest import Manifest
+
+        self.manifest = Manifest(name="scripted")
+        self.outputs = list(outputs)
+
+    def count_tokens(self, text):
+        return len(text) // 3 + 1
+
+    def generate(self, prompt, params, cancel=None, deadline=None, **kw):
+        from ghost_lsp.types import Candidate
+
+        text, lp = self.outputs.pop(0)
+        return Candidate(text=text, logprobs=[lp] * 4, model_logprobs=[lp] * 4, finish_reason="stop")
+
+
+def test_nonsense_rate_counts_confidence_and_syntax_drops_not_other_drops():
+    from ghost_lsp.evals.pipeline import Pipeline, drop_reason
+    from ghost_lsp.settings import Settings
+
+    assert drop_reason(["cycle", "empty"]) == "cycle"
+    assert drop_reason(["end_of_line", "low_confidence"]) == "low_confidence"
+    assert drop_reason(["empty"]) == "empty"
+    outputs = [("return compute(x)", -0.1),        # shown
+               ("zq = qq", -9.0),                    # dropped: the model was unsure
+               ("else:", -0.1),                    # dropped: adds a syntax error
+               ("value", -0.1),                    # dropped: the text after the cursor holds it
+               ("return a + b", -0.2)]             # shown
+    p = Pipeline("unused", Settings(n=1), engine=_ScriptedEngine(outputs))
+    try:
+        doc = "def f(x):\n    value\n"
+        shown = [p.complete(doc, 1, 4) for _ in range(len(outputs))]
+    finally:
+        p.close()
+    assert [c is not None for c in shown] == [True, False, False, False, True]
+    m = p.stats.metrics()
+    assert m["drop_rate"] == pytest.approx(3 / 5), m
+    assert m["nonsense_rate"] == pytest.approx(2 / 5)
+    assert m["drop_low_confidence_rate"] == m["drop_syntax_rate"] == pytest.approx(1 / 5)
+    assert m["drop_rate"] - m["nonsense_rate"] == pytest.approx(1 / 5)

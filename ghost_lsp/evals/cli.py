@@ -295,7 +295,7 @@ def cmd_compare(args) -> int:
     for m, p in table.items():
         print(f"| {m} | {p.mean_a:.4f} | {p.mean_b:.4f} | {p.diff:+.4f} | [{p.ci_low:+.4f}, {p.ci_high:+.4f}]"
               f"{' *' if p.significant else ''} | {p.n} |")
-    for m in ("loop_rate", "nonsense_rate", "latency_p50_ms", "latency_p95_ms"):
+    for m in ("loop_rate", "nonsense_rate", "drop_rate", "latency_p50_ms", "latency_p95_ms"):
         print(f"| {m} | {a.metrics.get(m, 0):.4g} | {b.metrics.get(m, 0):.4g} | "
               f"{b.metrics.get(m, 0) - a.metrics.get(m, 0):+.4g} | | |")
     return 0

@@ -20,11 +20,11 @@ RECORD_VERSION = 1
 
 # Direction of each figure: +1 higher is better, -1 lower is better. Latencies compare relatively.
 DIRECTION = {"exact_match": 1, "edit_similarity": 1, "pass_rate": 1, "loop_rate": -1, "nonsense_rate": -1,
-             "empty_rate": -1, "syntax_error_rate": -1, "timeout_rate": -1,
+             "drop_rate": -1, "empty_rate": -1, "syntax_error_rate": -1, "timeout_rate": -1,
              "latency_p50_ms": -1, "latency_p95_ms": -1}
 # Shown in the history table, in this order, when a run has them.
 TABLE_METRICS = ("pass@1", "pass@10", "exact_match", "edit_similarity", "pass_rate", "loop_rate",
-                 "nonsense_rate", "latency_p50_ms", "latency_p95_ms")
+                 "nonsense_rate", "drop_rate", "latency_p50_ms", "latency_p95_ms")
 
 
 def direction(metric: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -66,6 +67,18 @@ def is_loop(text: str) -> bool:
     return any(rule(text, ctx)[1] == "cycle" for rule in (repeated_span, repeated_lines))
 
 
+# The "nonsense" signals: rules that drop text because it is unlikely (the model's own
+# log-probs) or malformed (adds syntax errors, unbalances brackets). Other drops (empty,
+# already typed, a loop cut down to nothing) are counted per reason but are not nonsense.
+NONSENSE_REASONS = ("low_confidence", "syntax", "bracket_balance")
+
+
+def drop_reason(reasons: list[str]) -> str:
+    """The rule that emptied a dropped candidate: its last named cut. The filter appends
+    'empty' after the cut that left nothing (unless that cut is itself a drop signal)."""
+    return next((r for r in reversed(reasons) if r != "empty"), "empty")
+
+
 @dataclass
 class Stats:
     """Per-request counters every eval reports."""
@@ -75,13 +88,22 @@ class Stats:
     loops: int = 0      # a raw candidate the loop filter cut
     dropped: int = 0    # the model produced text but nothing was left to show
     empty: int = 0      # no suggestion at all
+    # Dropped requests by the rule that emptied the first (greedy) candidate.
+    drops: Counter = field(default_factory=Counter)
 
     def metrics(self) -> dict:
+        """Rates per request. nonsense_rate: dropped by the confidence, syntax or bracket rules
+        (the model's output was unlikely or malformed); drop_rate: dropped for any reason,
+        with drop_<reason>_rate per rule."""
         n = max(1, self.requests)
         lat = sorted(self.latencies_ms)
-        return {"loop_rate": self.loops / n, "nonsense_rate": self.dropped / n, "empty_rate": self.empty / n,
-                "latency_p50_ms": percentile(lat, 50), "latency_p95_ms": percentile(lat, 95),
-                "requests": self.requests}
+        nonsense = sum(self.drops[r] for r in NONSENSE_REASONS)
+        out = {"loop_rate": self.loops / n, "nonsense_rate": nonsense / n, "drop_rate": self.dropped / n,
+               "empty_rate": self.empty / n,
+               "latency_p50_ms": percentile(lat, 50), "latency_p95_ms": percentile(lat, 95),
+               "requests": self.requests}
+        out.update({f"drop_{r}_rate": c / n for r, c in sorted(self.drops.items())})
+        return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -141,6 +163,8 @@ class Pipeline:
             self.stats.empty += 1
             if any(t.strip() for t in raw):
                 self.stats.dropped += 1
+                kept = self.completer.last_kept
+                self.stats.drops[drop_reason(kept[0][1]) if kept else "no_candidate"] += 1
         else:
             self.templates.add(completion.prompt_template)
         return completion
