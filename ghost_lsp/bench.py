@@ -703,6 +703,10 @@ def _table(results: list[dict]) -> str:
                        f"{ {k[:-3]: v for k, v in r['server_stage_ms_p50'].items()} }; forward-cache "
                        f"hit rate {r['forward_hit_rate']} (next key predicted {r['next_key_predicted']}), KV hit rate {r['kv_hit_rate']} "
                        f"(token reuse {r['kv_token_reuse']})")
+        elif kind == "sampling":
+            out.append(f"{kind:<13} top-p per token over {r['positions']} positions, vocab {r['vocab']}: " + "; ".join(
+                f"p={k[6:]} partial sort {v['partial_ms']} ms vs full sort {v['full_sort_ms']} ms ({v['speedup']}x)"
+                for k, v in r.items() if k.startswith("top_p_")))
         elif kind == "bandwidth":
             out.append(f"{kind:<13} copy {r['copy_gb_s']} GB/s; {r['total_bytes'] / 1e6:.2f} MB read per token "
                        f"({r['weight_bytes'] / 1e6:.2f} MB weights) -> best {r['best_ms_per_token']} ms/token; "
@@ -710,7 +714,34 @@ def _table(results: list[dict]) -> str:
     return "\n".join(out)
 
 
-SECTIONS = ("engines", "variants", "cache", "lsp", "bandwidth")
+def section_sampling(model_dir: Path, rounds: int) -> dict:
+    """Top-p sampling cost per token: the partial-sort nucleus vs a full sort of the vocabulary,
+    on the model's own next-token distributions (held-out-like code, temperature 0.8)."""
+    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.engine.sampling import log_softmax, top_p_filter, top_p_filter_sorted
+
+    engine = OnnxEngine(model_dir)
+    text = (Path(__file__).parent / "filters.py").read_text(encoding="utf-8")
+    ids = engine.encode(text)[: engine.manifest.context_length]
+    logits, _ = engine.decoder.run(ids, engine.decoder.empty_past())
+    dists = [np.exp(log_softmax(row / 0.8)) for row in logits]
+    row = {"row": "sampling", "positions": len(dists), "vocab": int(logits.shape[-1])}
+    for top_p in (0.95, 0.9):
+        times = {"partial": [], "full_sort": []}
+        for _ in range(rounds):  # alternate, so both see the same machine
+            for name, fn in (("partial", top_p_filter), ("full_sort", top_p_filter_sorted)):
+                t = time.perf_counter()
+                for d in dists:
+                    fn(d, top_p)
+                times[name].append((time.perf_counter() - t) / len(dists) * 1000)
+        assert all(np.array_equal(top_p_filter(d, top_p) > 0, top_p_filter_sorted(d, top_p) > 0) for d in dists)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row[f"top_p_{top_p}"] = {"partial_ms": round(med["partial"], 4), "full_sort_ms": round(med["full_sort"], 4),
+                                 "speedup": round(med["full_sort"] / med["partial"], 2)}
+    return row
+
+
+SECTIONS = ("engines", "variants", "cache", "lsp", "bandwidth", "sampling")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -757,6 +788,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if measured is None and "bandwidth" in only:
         measured = _onnx_speed(folder, threads, args.new_tokens, args.rounds)["ms_per_token"]
     run("bandwidth", lambda: section_bandwidth(folder, measured, args.new_tokens))
+    run("sampling", lambda: section_sampling(folder, args.rounds))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"\nwrote {args.out}")

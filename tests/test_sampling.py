@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ghost_lsp.engine.sampling import apply_penalties, choose_token, log_softmax, top_p_filter
+from ghost_lsp.engine.sampling import apply_penalties, choose_token, log_softmax, top_p_filter, top_p_filter_sorted
 
 
 def test_log_softmax_normalises_and_keeps_minus_inf():
@@ -94,3 +94,23 @@ def test_seeded_runs_repeat():
         return [choose_token(logits, temperature=1.0, rng=rng)[0] for _ in range(30)]
     assert run(5) == run(5)
     assert run(5) != run(6)
+
+
+@pytest.mark.parametrize("top_p", [0.01, 0.5, 0.9, 0.95, 0.999])
+@pytest.mark.parametrize("scale", [0.3, 1.0, 4.0])
+def test_partial_sort_nucleus_equals_the_full_sort(top_p, scale):
+    # Flat distributions (scale 0.3) need a nucleus of thousands: the widening path runs too.
+    rng = np.random.default_rng(int(top_p * 1000) + int(scale * 10))
+    for _ in range(5):
+        logits = rng.normal(size=8192) * scale
+        logits[rng.integers(0, 8192, 50)] = -np.inf  # masked tokens
+        probs = np.exp(log_softmax(logits))
+        got = top_p_filter(probs, top_p)
+        want = top_p_filter_sorted(probs, top_p)
+        assert np.array_equal(np.nonzero(got)[0], np.nonzero(want)[0])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+def test_nucleus_with_ties_at_the_boundary_matches_the_full_sort():
+    probs = np.full(300, 1 / 300)  # every token tied: the stable order keeps the lowest indices
+    np.testing.assert_array_equal(top_p_filter(probs, 0.5), top_p_filter_sorted(probs, 0.5))
