@@ -97,3 +97,33 @@ def test_queue_bound_and_deadline(engine):
         assert events and events[-1].final and events[-1].finish_reason == "deadline"
     finally:
         batcher.close()
+
+
+def test_admission_refuses_what_would_wait_too_long_for_a_slot(engine, monkeypatch):
+    batcher = Batcher(engine, max_batch=2, max_queue=64, max_wait_s=0.05)
+    try:
+        assert batcher.expected_wait(10) == 0.0  # no history yet: only the queue bound applies
+        # Learn the service time from real sequences.
+        _run(batcher, engine, PROMPTS[:2], SeqParams(max_tokens=30, temperature=0.0))
+        service = batcher._service_s
+        assert service > 0
+        assert batcher.expected_wait(2) == 0.0  # two free slots: no wait
+        # 2 slots free a full batch per service time: the k-th sequence beyond them waits k/2 of it.
+        assert batcher.expected_wait(6) == pytest.approx(4 * service / 2)
+        # Freeze the scheduler (nothing leaves the queue) so the decisions depend on counts only.
+        monkeypatch.setattr(batcher, "_take", lambda: None)
+        batcher.max_wait_s = service  # room for 2 sequences beyond the 2 free slots
+
+        def seq():
+            return Sequence(engine, engine.encode("x"), SeqParams(max_tokens=1), time.monotonic() + 30,
+                            lambda ev: None)
+
+        batcher.submit([seq(), seq()])  # the free slots: no wait
+        batcher.submit([seq(), seq()])  # then a wait of exactly one service time: admitted
+        t = time.perf_counter()
+        with pytest.raises(QueueFull, match="expected wait"):
+            batcher.submit([seq()])
+        assert time.perf_counter() - t < 0.05  # refused at once, not queued
+        assert batcher.queued() == 4
+    finally:
+        batcher.close()

@@ -42,6 +42,7 @@ class ServeConfig:
     providers: list[str] | None = None  # onnxruntime providers; None = CUDA if available, else CPU
     threads: int | None = None
     target_utilisation: float = 0.75
+    max_wait_s: float | None = 0.25  # admission: expected wait for a batch slot (None = queue bound only)
     retry_after_s: int = 1
     extra: dict = field(default_factory=dict)
 
@@ -97,7 +98,8 @@ class Server:
         self.template = template_for(engine.manifest)
         self.engine = engine
         self.batcher = Batcher(engine, max_batch=self.config.max_batch, max_queue=self.config.max_queue,
-                               batching=self.config.batching, stats=self.metrics)
+                               batching=self.config.batching, stats=self.metrics,
+                               max_wait_s=self.config.max_wait_s)
         log.info("serving %s on %s (batching %s, max batch %d, queue %d)", engine.model_id, engine.provider,
                  "on" if self.config.batching else "off", self.batcher.max_batch, self.batcher.max_queue)
 
@@ -239,6 +241,7 @@ def create_app(config: ServeConfig) -> Starlette:
             server.metrics.requests.labels(str(e.status)).inc()
             if e.status in (413, 401):
                 server.metrics.rejected.labels(e.code or str(e.status)).inc()
+            server.metrics.refusal.observe(time.perf_counter() - t0)
             return _error(e.status, e.message, e.param, e.code, e.headers)
 
         loop = asyncio.get_running_loop()
@@ -267,6 +270,7 @@ def create_app(config: ServeConfig) -> Starlette:
                 s.cancel()
             server.metrics.requests.labels("429").inc()
             server.metrics.rejected.labels("queue_full").inc()
+            server.metrics.refusal.observe(time.perf_counter() - t0)
             return _error(429, f"server busy: {e}; retry later", code="queue_full",
                           headers={"Retry-After": str(config.retry_after_s)})
 

@@ -102,6 +102,7 @@ class Sequence:
         self.cancelled = False
         self.done = False
         self.submitted = time.monotonic()
+        self.admitted_at: float | None = None  # prefilled and running
         self.first_token_at: float | None = None
 
     def cancel(self) -> None:
@@ -269,10 +270,16 @@ class Batcher:
     """Owns the engine and the scheduler thread. `submit` is thread-safe."""
 
     def __init__(self, engine: OnnxEngine, *, max_batch: int = 16, max_queue: int = 64,
-                 batching: bool = True, stats: Stats | None = None, window_s: float = 10.0):
+                 batching: bool = True, stats: Stats | None = None, window_s: float = 10.0,
+                 max_wait_s: float | None = None):
         self.engine = engine
         self.max_batch = max(1, max_batch) if batching else 1
         self.max_queue = max(1, max_queue)
+        # Admission by expected queueing time: a request that would wait longer than this for a
+        # batch slot is refused at once (429) rather than queued, so admitted requests keep the
+        # latency of a full batch. None = bounded only by max_queue.
+        self.max_wait_s = max_wait_s
+        self._service_s = 0.0  # moving average of a sequence's time in the batch (admitted → done)
         self.batching = batching
         self.stats = stats or Stats()
         self.context_length = engine.manifest.context_length
@@ -299,10 +306,24 @@ class Batcher:
         with self._cv:
             if self._stop:
                 raise QueueFull("server is shutting down")
-            if sum(len(g) for g in self._pending) + len(group) > self.max_queue:
+            queued = sum(len(g) for g in self._pending)
+            if queued + len(group) > self.max_queue:
                 raise QueueFull(f"queue full ({self.max_queue} sequences waiting)")
+            wait = self.expected_wait(queued + len(group))
+            if self.max_wait_s is not None and wait > self.max_wait_s:
+                raise QueueFull(f"expected wait {wait * 1000:.0f} ms for a batch slot is over the "
+                                f"{self.max_wait_s * 1000:.0f} ms limit")
             self._pending.append(group)
             self._cv.notify()
+
+    def expected_wait(self, waiting: int) -> float:
+        """Seconds the last of `waiting` queued sequences would wait for a batch slot: those
+        beyond the free slots, as a full batch frees max_batch slots per mean service time.
+        0 before any sequence finished (then only max_queue bounds the queue)."""
+        beyond = waiting - (self.max_batch - len(self._batch.rows))
+        if beyond <= 0:
+            return 0.0
+        return beyond * self._service_s / self.max_batch
 
     def utilisation(self) -> float:
         """Share of the last `window_s` seconds the model was running (0..1)."""
@@ -360,6 +381,8 @@ class Batcher:
             if not live:
                 continue
             t0 = time.perf_counter()
+            for s in live:
+                s.admitted_at = time.monotonic()
             try:
                 logits, cache = self.engine.decoder.run(live[0].ids, self.engine.decoder.empty_past())
             except Exception:  # noqa: BLE001 - e.g. an input the graph rejects
@@ -398,4 +421,10 @@ class Batcher:
         self._busy.append((time.monotonic(), dt))
         self.stats.batch(len(b.rows), dt, len(b.rows))
         keep = [i for i, s in enumerate(b.rows) if not s.consume(logits[i])]
+        if len(keep) < len(b.rows):
+            now, kept = time.monotonic(), set(keep)
+            for i, s in enumerate(b.rows):
+                if i not in kept and s.admitted_at is not None:
+                    d = now - s.admitted_at
+                    self._service_s = d if self._service_s == 0.0 else 0.8 * self._service_s + 0.2 * d
         b.keep(keep)

@@ -86,6 +86,22 @@ def load(port: int, clients: int, per_client: int, max_tokens: int) -> dict:
             "reject_p95_ms": _pct(rejected, 95) * 1000 if rejected else None}
 
 
+def server_refusal_p95_ms(port: int) -> float | None:
+    """The server's own arrival-to-refusal time, p95 as the upper bound of its histogram bucket
+    (Prometheus text from /metrics): what the server spends, without the loaded client's delays."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith("ghost_serve_refusal_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    total = buckets[-1][1]
+    return next(le for le, n in buckets if n >= 0.95 * total) * 1000
+
+
 def _pct(xs: list[float], p: float) -> float:
     if not xs:
         return float("nan")
@@ -103,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", default="1,4,16")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-queue", type=int, default=16)
+    ap.add_argument("--max-wait-ms", type=float, default=250.0, help="serve-model's admission limit")
     ap.add_argument("--json", metavar="FILE", help="also write the rows here")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
-    common = ["--provider", args.provider, "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue)]
+    common = ["--provider", args.provider, "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue),
+              "--max-wait-ms", str(args.max_wait_ms)]
     if args.threads:
         common += ["--threads", str(args.threads)]
     rows = []
@@ -126,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 over = int(1.5 * (args.max_batch + args.max_queue))
                 r = load(port, over, 2, args.max_tokens)
                 r["batching"] = "on, overload"
+                r["server_refusal_p95_ms"] = server_refusal_p95_ms(port)
                 rows.append(r)
         finally:
             proc.terminate()
@@ -137,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         rej = f"{r['reject_p95_ms']:.1f}" if r["reject_p95_ms"] is not None else "-"
         print(f"| {r['batching']} | {r['clients']} | {r['ok']}/{r['requests']} | {r['req_s']:.2f} | {r['tok_s']:.0f} "
               f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {rej} |")
+    for r in rows:
+        if r.get("server_refusal_p95_ms") is not None:
+            print(f"\noverload ({r['clients']} clients): refusals p95 {r['reject_p95_ms']:.1f} ms at the client, "
+                  f"<= {r['server_refusal_p95_ms']:g} ms inside the server")
     on = {r["clients"]: r for r in rows if r["batching"] == "on"}
     off = {r["clients"]: r for r in rows if r["batching"] == "off"}
     top = max(levels)

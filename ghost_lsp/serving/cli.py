@@ -32,6 +32,9 @@ def add_serve_model_parser(sub, model_help: str) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, metavar="N", help="rows per decode step")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="sequences waiting beyond the batch; more → 429 with Retry-After")
+    p.add_argument("--max-wait-ms", type=float, default=250.0, metavar="MS",
+                   help="refuse (429) a request expected to wait longer than this for a batch slot, so "
+                        "admitted ones keep a full batch's latency; negative = queue up to --max-queue")
     p.add_argument("--no-batching", action="store_true", help="one sequence at a time (for comparison)")
     p.add_argument("--deadline-s", type=float, default=30.0, help="per-request deadline, queueing included")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
@@ -71,7 +74,8 @@ def cmd_serve_model(args: argparse.Namespace) -> int:
     config = ServeConfig(model_dir=folder, token=token, max_batch=args.max_batch, max_queue=args.max_queue,
                          batching=not args.no_batching, max_body_bytes=args.max_body_bytes,
                          deadline_s=args.deadline_s, providers=PROVIDERS[args.provider], threads=args.threads,
-                         target_utilisation=args.target_utilisation)
+                         target_utilisation=args.target_utilisation,
+                         max_wait_s=args.max_wait_ms / 1000 if args.max_wait_ms >= 0 else None)
     log.info("serve-model: %s on %s:%d, auth %s", folder, args.host, args.port, "on" if token else "off")
     run(config, args.host, args.port, args.ssl_certfile, args.ssl_keyfile, args.log_level)
     return 0

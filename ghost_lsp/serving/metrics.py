@@ -21,6 +21,9 @@ class Metrics(Stats):
         self.rejected = Counter("ghost_serve_rejected", "requests refused before running", ["reason"], registry=r)
         self.latency = Histogram("ghost_serve_request_seconds", "completion request latency (to the last byte)",
                                  buckets=_LATENCY_BUCKETS, registry=r)
+        self.refusal = Histogram("ghost_serve_refusal_seconds",
+                                 "request arrival to a refusal (400/401/413/429/503), measured in the server",
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1), registry=r)
         self.ttft = Histogram("ghost_serve_time_to_first_token_seconds", "submit to first generated token",
                               buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("ghost_serve_queue_depth", "sequences waiting to be admitted", registry=r)
