@@ -90,6 +90,9 @@ class Candidate:
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
     prompt_tokens: int = 0
+    # Decode-loop counters from engines that have them (engine/speculative.py: model calls,
+    # drafted/accepted tokens, what the n-gram cache mix changed). Empty otherwise.
+    decode_info: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -1,0 +1,229 @@
+"""A token n-gram model over the user's own code, and its mix with the neural model.
+
+Why: a model small enough to answer in milliseconds knows little of any one project, yet code
+repeats itself inside a project (its identifiers, call patterns, idioms). Cache language models
+for code and kNN-LM both mix a retrieval distribution into the model's; this is the n-gram form.
+
+Storage (`NgramTable`): for each context length k = 1..MAX_CONTEXT, the pairs (hash of the k
+tokens before a position, the token at that position), aggregated to distinct pairs with their
+counts and sorted, in numpy arrays (16 bytes per distinct pair). A lookup is two binary searches
+per order. Tables are immutable: a change builds a new one and swaps the reference, so decoding
+threads read without locks.
+
+Estimate (`NgramModel.estimate`): several tables (tiers: the current document, the other open
+documents, the project) are summed with weights, then interpolated Witten-Bell from context
+length 1 up to the longest context seen:
+    p_k(w) = (c_k(w) + u_k * p_{k-1}(w)) / (C_k + u_k)
+with c_k the weighted counts after the k-token context, C_k their sum, u_k how many distinct
+tokens followed it; p_1 is the maximum-likelihood estimate. No unigram level: where not even the
+last token was seen, the cache knows nothing and the model decides alone.
+
+Mix (`NgramModel.mix`): p = (1 - λ) p_model + λ p_cache, with λ = weight * C_K / (C_K + u_K) *
+K / MAX_CONTEXT for the longest matched context length K: high when a long context was seen
+often and always went the same way, low for a one-token context with many continuations. The
+decoding rule (greedy, penalties, temperature, top-p, healing masks) then runs on log p, so the
+log-probs the filters and the ranker see are the mixed ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_CONTEXT = 4  # context lengths 1..4: 5-grams at most
+# Per-position multipliers of the context hash (odd 64-bit constants; fixed so tables and
+# queries agree across processes). Hash = sum_j (token[-1-j] + 1) * _MULT[j] mod 2**64.
+_MULT = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+                  0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], dtype=np.uint64)
+_MASK = (1 << 64) - 1
+# Bytes a table may hold per token it was built from: at most one distinct pair per token and
+# order, 8 (hash) + 4 (token) + 4 (count) bytes each.
+BYTES_PER_TOKEN = 16 * MAX_CONTEXT
+
+
+def context_hash(context: list[int] | np.ndarray, k: int) -> int:
+    """The hash of the last `k` tokens of `context`, as tables store it."""
+    h = 0
+    for j in range(k):
+        h = (h + (int(context[-1 - j]) + 1) * int(_MULT[j])) & _MASK
+    return h
+
+
+def _pairs(tokens: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(context hash, next token) for every position of one document with k tokens before it."""
+    n = len(tokens)
+    if n <= k:
+        return np.empty(0, np.uint64), np.empty(0, np.int32)
+    t = tokens.astype(np.uint64) + np.uint64(1)
+    h = np.zeros(n - k, dtype=np.uint64)
+    for j in range(k):
+        h += t[k - 1 - j:n - 1 - j] * _MULT[j]  # wraps mod 2**64, like context_hash
+    return h, tokens[k:].astype(np.int32)
+
+
+class NgramTable:
+    """Counts of (k-token context, next token) for k = 1..MAX_CONTEXT over some documents.
+
+    Contexts never span two documents. Immutable once built.
+    """
+
+    def __init__(self, docs: list[np.ndarray] | tuple = ()):
+        self.tokens = int(sum(len(d) for d in docs))
+        self.docs = len(docs)
+        self.orders: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for k in range(1, MAX_CONTEXT + 1):
+            parts = [_pairs(np.asarray(d), k) for d in docs]
+            h = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.uint64)
+            nxt = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int32)
+            if len(h):
+                order = np.lexsort((nxt, h))
+                h, nxt = h[order], nxt[order]
+                new = np.empty(len(h), dtype=bool)
+                new[0] = True
+                new[1:] = (h[1:] != h[:-1]) | (nxt[1:] != nxt[:-1])
+                starts = np.flatnonzero(new)
+                counts = np.diff(np.append(starts, len(h))).astype(np.float32)
+                h, nxt = h[starts], nxt[starts]
+            else:
+                counts = np.empty(0, np.float32)
+            self.orders.append((h, nxt, counts))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(h.nbytes + n.nbytes + c.nbytes for h, n, c in self.orders)
+
+    def lookup(self, context: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(next tokens, counts) seen after the last k tokens of `context`."""
+        h, nxt, counts = self.orders[k - 1]
+        if not len(h) or len(context) < k:
+            return nxt[:0], counts[:0]
+        x = np.uint64(context_hash(context, k))
+        lo = int(np.searchsorted(h, x, "left"))
+        hi = int(np.searchsorted(h, x, "right"))
+        return nxt[lo:hi], counts[lo:hi]
+
+    def count_of(self, context: list[int], token: int) -> float:
+        """How often `token` followed the full `context` (len 1..MAX_CONTEXT); for tests and debugging."""
+        nxt, c = self.lookup(context, len(context))
+        return float(c[nxt == token].sum())
+
+
+@dataclass
+class Estimate:
+    """The cache's view of the next token: a distribution over the vocabulary and how much to trust it."""
+
+    probs: np.ndarray   # dense, sums to 1
+    order: int          # longest context length that was seen (K)
+    total: float        # C_K, weighted
+    distinct: int       # u_K
+    confidence: float   # C_K / (C_K + u_K) * K / MAX_CONTEXT, in [0, 1)
+
+
+@dataclass
+class MixStats:
+    """What the cache did during one generation (reported in Candidate.decode_info)."""
+
+    steps: int = 0          # decode steps
+    matched: int = 0        # steps where the cache had an estimate (λ > 0)
+    lambda_sum: float = 0.0
+    changed: int = 0        # steps where the mix changed the model's top token
+
+
+@dataclass
+class NgramModel:
+    """Weighted tiers of n-gram tables seen as one model (a snapshot: tables are immutable)."""
+
+    tiers: list[tuple[NgramTable, float]] = field(default_factory=list)
+    vocab_size: int = 0
+    weight: float = 0.6  # the largest λ
+
+    @property
+    def tokens(self) -> int:
+        return sum(t.tokens for t, _ in self.tiers)
+
+    def counts(self, context: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted (next tokens, counts) after the last k tokens, all tiers (a token may repeat)."""
+        toks, cnts = [], []
+        for table, w in self.tiers:
+            nxt, c = table.lookup(context, k)
+            if len(nxt):
+                toks.append(nxt)
+                cnts.append(c * w)
+        if not toks:
+            return np.empty(0, np.int32), np.empty(0, np.float32)
+        if len(toks) == 1:
+            return toks[0], cnts[0]
+        return np.concatenate(toks), np.concatenate(cnts)
+
+    def estimate(self, context: list[int]) -> Estimate | None:
+        """Interpolated Witten-Bell estimate of the next token, or None if the cache never saw
+        the last token followed by anything."""
+        probs, est = None, None
+        for k in range(1, min(MAX_CONTEXT, len(context)) + 1):
+            nxt, c = self.counts(context, k)
+            if not len(nxt):
+                break  # a longer context cannot have been seen either
+            dense = np.bincount(nxt, weights=c, minlength=self.vocab_size)[:self.vocab_size]
+            total = float(dense.sum())
+            if total <= 0:
+                break
+            distinct = int(np.count_nonzero(dense))
+            probs = dense / total if probs is None else (dense + distinct * probs) / (total + distinct)
+            est = (k, total, distinct)
+        if probs is None:
+            return None
+        k, total, distinct = est
+        return Estimate(probs, k, total, distinct, total / (total + distinct) * k / MAX_CONTEXT)
+
+    def mix(self, logits: np.ndarray, context: list[int], mask: np.ndarray | None = None,
+            stats: MixStats | None = None) -> np.ndarray:
+        """Scores to decode from: log((1 - λ) softmax(logits) + λ p_cache); the logits unchanged
+        when the cache has nothing (so a cold cache decodes exactly as the model alone)."""
+        if stats is not None:
+            stats.steps += 1
+        est = self.estimate(context) if self.weight > 0 and self.vocab_size else None
+        if est is None:
+            return logits
+        lam = self.weight * est.confidence
+        x = np.asarray(logits, dtype=np.float64)
+        p = np.exp(x - x.max())
+        p /= p.sum()
+        n = min(len(p), len(est.probs))
+        mixed = (1.0 - lam) * p
+        mixed[:n] += lam * est.probs[:n]
+        with np.errstate(divide="ignore"):
+            scores = np.log(mixed)
+        if stats is not None:
+            stats.matched += 1
+            stats.lambda_sum += lam
+            if mask is not None:
+                changed = np.argmax(np.where(mask, x, -np.inf)) != np.argmax(np.where(mask, scores, -np.inf))
+            else:
+                changed = np.argmax(x) != np.argmax(scores)
+            stats.changed += bool(changed)
+        return scores
+
+    def draft(self, context: list[int], max_tokens: int, min_share: float = 0.5) -> list[int]:
+        """Continue `context` by the cache's most frequent next token while it is a clear
+        majority (share ≥ min_share after the longest seen context of ≥ 2 tokens)."""
+        ctx = list(context[-MAX_CONTEXT:])
+        out: list[int] = []
+        while len(out) < max_tokens:
+            best = None
+            for k in range(min(MAX_CONTEXT, len(ctx)), 1, -1):
+                nxt, c = self.counts(ctx, k)
+                if len(nxt):
+                    if len(nxt) > 1:
+                        uniq, inv = np.unique(nxt, return_inverse=True)
+                        c = np.bincount(inv, weights=c)
+                        nxt = uniq
+                    i = int(np.argmax(c))
+                    if c[i] >= min_share * float(c.sum()):
+                        best = int(nxt[i])
+                    break
+            if best is None:
+                break
+            out.append(best)
+            ctx = (ctx + [best])[-MAX_CONTEXT:]
+        return out
