@@ -96,11 +96,50 @@ def _keystroke(chunk: str) -> bool:
 
 
 def _agrees(text: str, typed: str) -> bool:
-    """Is `typed` still on the way to `text`? Closers an editor auto-inserted may trail."""
+    """Is `typed` still on the way to `text`? Closers an editor auto-inserted may trail (in
+    the order the text closes them later: `f(x[` typed as `f(x[])` is on the way to `f(x[1])`)."""
     if text.startswith(typed):
         return True
     head = typed.rstrip(_CLOSERS)
-    return text.startswith(head) and typed[len(head):] in text[len(head):]
+    if not text.startswith(head):
+        return False
+    tail = typed[len(head):]
+    rest = iter(text[len(head):])
+    # a subsequence of what follows, or the closers of what `head` left open (a line that goes on)
+    return all(c in rest for c in tail) or _unclosed(head).startswith(tail)
+
+
+def _unclosed(code: str) -> str:
+    """The closers an editor would have put in for the brackets and quotes `code` leaves open,
+    innermost first (a rough scan: enough to recognise auto-inserted closers)."""
+    stack: list[str] = []
+    for ch in code:
+        if stack and stack[-1] in "\"'":
+            if ch == stack[-1]:
+                stack.pop()
+        elif ch in "([{":
+            stack.append(")]}"["([{".index(ch)])
+        elif stack and ch == stack[-1]:
+            stack.pop()
+        elif ch in "\"'":
+            stack.append(ch)
+    return "".join(reversed(stack))
+
+
+# A typo the user fixes with backspace is still "typing the suggestion": this many wrong
+# characters at the end are followed before it counts as typing something else.
+TYPO_SLACK = 1
+
+
+def _on_track(text: str, typed: str) -> bool:
+    head = typed.rstrip(_CLOSERS)  # the typo sits before any auto-inserted closers
+    tail = typed[len(head):]
+    return any(_agrees(text, head[:len(head) - k] + tail) for k in range(min(TYPO_SLACK, len(head)) + 1))
+
+
+def _complete(text: str, typed: str) -> bool:
+    """All of `text` is there; a suggestion ending in an opener leaves the editor's closer after it."""
+    return typed == text or (typed.startswith(text) and all(c in _CLOSERS for c in typed[len(text):]))
 
 
 def _matched(text: str, typed: str) -> int:
@@ -140,7 +179,7 @@ class Tracker:
         for p in list(doc.pending):
             # A suggestion the user is typing through stays followed: the next one is asked
             # for right where its typed part ends.
-            if not (p.typed and offset == p.end and _agrees(p.text, p.typed)):
+            if not (p.typed and offset == p.end and _on_track(p.text, p.typed)):
                 self._resolve(doc, p, "replaced")
         doc.pending.append(_Pending(suggestion_id, text, offset, now))
         while len(doc.pending) > self.max_pending:
@@ -249,7 +288,7 @@ class Tracker:
         p.typed = p.typed[:i] + inserted + p.typed[i + removed:]
         if inserted and not _keystroke(inserted):
             p.client_chars += len(inserted)
-        if p.typed == p.text:
+        if _complete(p.text, p.typed):
             doc.pending.remove(p)
             if p.client_chars:
                 doc.watches.append(_Watch(p.id, p.text, p.anchor, p.end, now, label_due=now + self.grace_s,
@@ -257,7 +296,7 @@ class Tracker:
             else:
                 self.emit(p.id, "typed_anyway", {"chars": len(p.text), "lines": p.text.count("\n") + 1,
                                                  "after_s": round(now - p.shown_at, 3)})
-        elif not _agrees(p.text, p.typed):
+        elif not _on_track(p.text, p.typed):
             self._resolve(doc, p, "typed_other")
 
     def _resolve(self, doc: _Doc, p: _Pending, reason: str) -> None:
