@@ -3,6 +3,8 @@ adaptive debounce. Pure and clock-injected, so both are tested without a server.
 
 from __future__ import annotations
 
+import hashlib
+
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -73,8 +75,13 @@ class ForwardCache:
         typed, c = hit, shown.completion
         alternatives = [a[len(typed):] for a in c.alternatives
                         if a.startswith(typed) and a[len(typed):].strip()]
+        # The rest of the suggestion continues the old prompt plus what was typed: the feedback
+        # log (and a fine-tune on it) must pair it with that prompt, not the old one.
+        prompt = c.prompt + typed if c.prompt else c.prompt
+        prompt_hash = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16] if c.prompt else c.prompt_hash
         return replace(c, id=new_id(), text=c.text[len(typed):], alternatives=alternatives,
-                       timings_ms={"forward_cache": 1.0}, cut_reasons=list(c.cut_reasons))
+                       timings_ms={"forward_cache": 1.0}, cut_reasons=list(c.cut_reasons),
+                       prompt=prompt, prompt_hash=prompt_hash)
 
     @staticmethod
     def _match(shown: _Shown | None, prefix: str, suffix: str) -> str | None:
