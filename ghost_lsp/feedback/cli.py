@@ -33,6 +33,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if rows is None:
         return 1
     result = stats(rows)
+    if getattr(args, "plot", None):
+        from ghost_lsp.feedback.report import plot
+
+        try:
+            result["over_time"] = plot(rows, args.plot)
+        except (RuntimeError, ValueError, OSError) as e:
+            print(f"ghost-lsp: --plot: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -64,6 +73,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from ghost_lsp.feedback.finetune import project_files
+    from ghost_lsp.feedback.scripted import format_confusion, run
+
+    if args.project:
+        files = project_files(args.project)
+    else:
+        from ghost_lsp.modelkit.tiny import TINY_CORPUS
+
+        files = [("sample.py", TINY_CORPUS)]
+    try:
+        result = run(files, args.per_scenario, args.seed)
+    except ValueError as e:
+        print(f"ghost-lsp sessions: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1) if args.json else format_confusion(result))
+    return 0
+
+
 def add_parsers(sub) -> None:
     db_help = "feedback database (default: $XDG_DATA_HOME/ghost-lsp/feedback.db)"
     since_help = "only suggestions since: 7d, 12h, 30m, 2026-01-31, or Unix seconds"
@@ -71,6 +99,9 @@ def add_parsers(sub) -> None:
     sp.add_argument("--db", metavar="PATH", help=db_help)
     sp.add_argument("--since", metavar="WHEN", help=since_help)
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument("--plot", metavar="FILE.png",
+                    help="also draw acceptance, typed-anyway, loop-cut and latency over time per A/B variant "
+                         "(needs matplotlib: the eval extra)")
     sp.set_defaults(func=cmd_stats)
 
     ep = sub.add_parser("export", help="write a JSONL fine-tuning set (prompt, completion, label, final text)")
@@ -80,3 +111,19 @@ def add_parsers(sub) -> None:
     ep.add_argument("--kinds", default=",".join(POSITIVE), metavar="K,K",
                     help=f"labels to export (default {','.join(POSITIVE)}; also: rejected)")
     ep.set_defaults(func=cmd_export)
+
+    from ghost_lsp.feedback.finetune import add_parser as add_finetune  # imports torch only when run
+
+    add_finetune(sub)
+    from ghost_lsp.feedback.finetune_bench import add_parser as add_finetune_bench
+
+    add_finetune_bench(sub)
+
+    sp = sub.add_parser("sessions", help="replay scripted editing sessions through the feedback inference "
+                                         "and print meant vs inferred labels (a confusion table)")
+    sp.add_argument("--project", metavar="DIR", help="take lines from this project's .py files "
+                                                      "(default: the built-in sample)")
+    sp.add_argument("--per-scenario", type=int, default=40, help="sessions per scenario (default 40)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.set_defaults(func=cmd_sessions)

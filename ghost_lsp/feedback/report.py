@@ -223,3 +223,67 @@ def export_rows(rows: list[Row], kinds: tuple[str, ...] = POSITIVE) -> list[dict
             "variant": r.variant,
         })
     return out
+
+
+# -- plot ---------------------------------------------------------------------------------------
+
+
+def over_time(rows: list[Row], buckets: int = 12) -> dict:
+    """Acceptance, typed-anyway and loop-cut rates and latency p50 per time bucket and variant:
+    {variant: [{"start", "end", "shown", "acceptance_rate", ...}]} (equal-width buckets over the span)."""
+    if not rows:
+        return {}
+    t0, t1 = min(r.time for r in rows), max(r.time for r in rows)
+    width = (t1 - t0) / buckets or 1.0
+    out: dict[str, list[dict]] = {}
+    for variant in sorted({r.variant or "(none)" for r in rows}):
+        mine = [r for r in rows if (r.variant or "(none)") == variant]
+        series = []
+        for b in range(buckets):
+            lo, hi = t0 + b * width, t0 + (b + 1) * width
+            part = [r for r in mine if lo <= r.time < hi or (b == buckets - 1 and r.time == hi)]
+            if part:
+                s = summarize(part)
+                series.append({"start": lo, "end": hi, "shown": s["shown"], "acceptance_rate": s["acceptance_rate"],
+                               "acceptance_ci95": s["acceptance_ci95"], "typed_anyway_rate": s["typed_anyway_rate"],
+                               "loop_cut_rate": s["loop_cut_rate"], "latency_p50_ms": s["latency_p50_ms"]})
+        out[variant] = series
+    return out
+
+
+def plot(rows: list[Row], out: str | Path, buckets: int = 12) -> dict:
+    """A PNG of acceptance (with its 95 % interval), typed-anyway and loop-cut rates and p50
+    latency over time, one line per A/B variant. Needs matplotlib (the eval extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display; never touch stdout
+        import matplotlib.dates as mdates
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'ghost-lsp[eval]'") from None
+    series = over_time(rows, buckets)
+    if not series:
+        raise ValueError("no suggestions in the feedback database (for this --since): nothing to plot")
+    panels = [("acceptance_rate", "acceptance (accept + partial)"), ("typed_anyway_rate", "typed anyway"),
+              ("loop_cut_rate", "loop cut by filters"), ("latency_p50_ms", "latency p50 (ms)")]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.3 * len(panels)), sharex=True, squeeze=False)
+    for (key, title), ax in zip(panels, axes[:, 0]):
+        for variant, pts in series.items():
+            xs = [datetime.fromtimestamp((p["start"] + p["end"]) / 2) for p in pts]
+            ys = [p[key] if p[key] is not None else float("nan") for p in pts]
+            ax.plot(xs, ys, marker="o", label=f"{variant} (n={sum(p['shown'] for p in pts)})")
+            if key == "acceptance_rate":
+                ax.fill_between(xs, [p["acceptance_ci95"][0] for p in pts], [p["acceptance_ci95"][1] for p in pts],
+                                alpha=0.2)
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.grid(alpha=0.3)
+        if key.endswith("_rate"):
+            ax.set_ylim(0, max(0.05, ax.get_ylim()[1]))
+    axes[0, 0].legend(fontsize=8, loc="upper right")
+    axes[-1, 0].xaxis.set_major_formatter(mdates.ConciseDateFormatter(mdates.AutoDateLocator()))
+    fig.suptitle("ghost-lsp feedback over time, per A/B variant", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return series
