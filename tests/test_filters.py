@@ -142,3 +142,14 @@ def test_engine_survives_a_broken_check_and_reports_model_logprobs_when_sampling
     assert c.finish_reason in ("length", "eos") and len(c.model_logprobs) == len(c.logprobs)
     # at T=0.3 the sampler's distribution is sharper than the model's
     assert sum(c.logprobs) > sum(c.model_logprobs)
+
+
+def test_recurring_counts_overlapping_phrase_copies():
+    from ghost_lsp.filters import recurring
+
+    ctx = Context(prefix="x = ", suffix="", path="a.py", language="python")
+    # 'the name of the name' occurs three times, two of them overlapping: cut at the third.
+    text = '"the name of the name of the name of the name is bad"'
+    kept, why = recurring(text, ctx)
+    assert why == "cycle" and kept == '"the name of the name of'
+    assert recurring('"the name of the file"', ctx) == ('"the name of the file"', None)

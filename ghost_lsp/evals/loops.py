@@ -93,6 +93,7 @@ def run(engine, files, *, positions: int, max_new: int, temperatures: list[float
     pos = nextline.sample_positions(files, positions, seed=seed)
     res: dict = {"positions": len(pos), "files": len(files)}
     no_conf = replace(FilterSettings(), confidence=False)
+    no_rec = replace(FilterSettings(), recurring=False)  # ablation: the cycle rules without `recurring`
     rows = []
     t0 = time.monotonic()
     for n, p in enumerate(pos):
@@ -109,6 +110,7 @@ def run(engine, files, *, positions: int, max_new: int, temperatures: list[float
         kept = [apply_filters(c.text, ctx, multiline=True, candidate=c) for c in cands]
         kept_stop = apply_filters(stopped.text, ctx, multiline=True, candidate=stopped)[0]
         kept_noconf = apply_filters(greedy.text, ctx, multiline=True, settings=no_conf, candidate=greedy)[0]
+        kept_norec = apply_filters(greedy.text, ctx, multiline=True, settings=no_rec, candidate=greedy)[0]
         order = rank(cands, kept)
         order_rr = rank(cands, kept, reranker=reranker, prefix=ctx.prefix) if reranker else order
         lps = greedy.model_logprobs
@@ -119,7 +121,7 @@ def run(engine, files, *, positions: int, max_new: int, temperatures: list[float
             reasons=kept[0][1], stop_tokens=len(stopped.token_ids), kept_stop=kept_stop,
             ranked=kept[order[0]][0] if order else "", reranked=kept[order_rr[0]][0] if order_rr else "",
             any_right=any(_first_line(k) == p.target for k, _ in kept),
-            noconf=kept_noconf, first_lps=first_lps))
+            noconf=kept_noconf, norec=kept_norec, first_lps=first_lps))
         if (n + 1) % 25 == 0:
             log(f"  {n + 1}/{len(pos)} positions, {time.monotonic() - t0:.0f}s")
     N = max(1, len(rows))
@@ -127,6 +129,9 @@ def run(engine, files, *, positions: int, max_new: int, temperatures: list[float
     L = max(1, len(loops))
     res["loop_rate_raw"] = len(loops) / N
     res["loop_rate_filtered"] = sum(is_loop(r["kept"]) for r in rows) / N
+    res["loop_rate_filtered_without_recurring"] = sum(is_loop(r["norec"]) for r in rows) / N
+    res["kept_chars_mean"] = sum(len(r["kept"]) for r in rows) / N
+    res["kept_chars_mean_without_recurring"] = sum(len(r["norec"]) for r in rows) / N
     res["loop_prompts"] = len(loops)
     res["loop_rate_filtered_on_loop_prompts"] = sum(is_loop(r["kept"]) for r in loops) / L
     res["early_stop_kept_loops_on_loop_prompts"] = sum(is_loop(r["kept_stop"]) for r in loops) / L
@@ -140,6 +145,7 @@ def run(engine, files, *, positions: int, max_new: int, temperatures: list[float
     res["em_raw_greedy"] = em("raw")
     res["em_greedy_filters"] = em("kept")
     res["em_filters_no_confidence"] = em("noconf")
+    res["em_filters_without_recurring"] = em("norec")
     res["em_ranked"] = em("ranked")
     if reranker is not None:
         res["em_reranked"] = em("reranked")
@@ -184,17 +190,21 @@ def format_report(r: dict) -> str:
     pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
     out = [f"positions: {r['positions']} (from {r['files']} files)", "",
            "| loop rate | raw greedy | after filters |", "|---|---|---|",
-           f"| all positions | {pct(r['loop_rate_raw'])} | {pct(r['loop_rate_filtered'])} |",
+           f"| all positions | {pct(r['loop_rate_raw'])} | {pct(r['loop_rate_filtered'])} "
+           f"(without the recurring rule: {pct(r['loop_rate_filtered_without_recurring'])}) |",
            f"| loop prompts ({r['loop_prompts']}) | 100 % | {pct(r['loop_rate_filtered_on_loop_prompts'])} "
            f"(early stop + filters: {pct(r['early_stop_kept_loops_on_loop_prompts'])}) |", ""]
     saved = 1 - r["tokens_early_stop"] / max(1, r["tokens_raw"])
     saved_l = 1 - r["tokens_early_stop_loop_prompts"] / max(1, r["tokens_raw_loop_prompts"])
     out += [f"early stop: {r['tokens_raw']} → {r['tokens_early_stop']} generated tokens ({pct(saved)} saved); "
             f"on loop prompts {r['tokens_raw_loop_prompts']} → {r['tokens_early_stop_loop_prompts']} "
-            f"({pct(saved_l)} saved); kept text unchanged on {pct(r['early_stop_same_kept_text'])}", "",
+            f"({pct(saved_l)} saved); kept text unchanged on {pct(r['early_stop_same_kept_text'])}",
+            f"mean kept suggestion: {r['kept_chars_mean']:.1f} chars (without the recurring rule "
+            f"{r['kept_chars_mean_without_recurring']:.1f})", "",
             "| next-line | exact match | empty |", "|---|---|---|",
             f"| raw greedy | {pct(r['em_raw_greedy'])} | {pct(r['empty_raw'])} |",
             f"| greedy + filters (no confidence gate) | {pct(r['em_filters_no_confidence'])} | |",
+            f"| greedy + filters (no recurring rule) | {pct(r['em_filters_without_recurring'])} | |",
             f"| greedy + filters | {pct(r['em_greedy_filters'])} | {pct(r['empty_filters'])} |",
             f"| candidates + filters + ranking | {pct(r['em_ranked'])} | {pct(r['empty_ranked'])} |"]
     if "em_reranked" in r:
