@@ -149,7 +149,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
             out.update(text=completion.text, id=completion.id, prompt_template=completion.prompt_template,
                        cut_reasons=completion.cut_reasons, timings_ms=completion.timings_ms,
                        finish_reason=cand.finish_reason if cand else None,
-                       generated_tokens=len(cand.token_ids) if cand else None)
+                       generated_tokens=len(cand.token_ids) if cand else None,
+                       decode_info=cand.decode_info if cand else {})
         print(json.dumps(out, ensure_ascii=False))
         return 0
     if completion is None:
@@ -164,6 +165,14 @@ def cmd_complete(args: argparse.Namespace) -> int:
           f"({ntok} tokens) · filters {t.get('filters_ms', 0):.1f} ms · total {t.get('total_ms', 0):.1f} ms")
     if completion.cut_reasons:
         print(f"--- cut: {', '.join(completion.cut_reasons)}")
+    info = completion.candidate.decode_info if completion.candidate else {}
+    if info:  # engine/speculative.py: drafts and the n-gram cache mix
+        line = (f"--- model calls {1 + info['decode_calls']} · drafted {info['draft_tokens']}, "
+                f"accepted {info['draft_accepted']}")
+        if "ngram_steps" in info:
+            line += (f" · n-gram cache: matched {info['ngram_matched']}/{info['ngram_steps']} steps, "
+                     f"changed the top token {info['ngram_changed']}×, mean λ {info['ngram_mean_lambda']}")
+        print(line)
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from ghost_lsp.cache import Debouncer, ForwardCache, split_at
 from ghost_lsp.context import ContextRequest, FanOut, gather, make_providers
+from ghost_lsp.context.ngram_index import adaptation, workspace_for
 from ghost_lsp.engine.base import Engine, EngineError
 from ghost_lsp.globs import is_excluded  # noqa: F401 - re-exported for callers
 from ghost_lsp.filters import StopCheck, apply_filters
@@ -53,6 +54,7 @@ class Completer:
         self.store = store
         self.variant = ""  # A/B variant name, set by the front end (feedback/ab.py)
         self.index = index  # ProjectIndex or None; the server keeps it current
+        self.ngrams = None  # WorkspaceNgrams (context/ngram_index.py), made with the first local request
         self._fanout: tuple[tuple[str, ...], FanOut] | None = None
         # Documents by last completion request, most recent last: the open-files provider
         # looks at recently edited documents first.
@@ -75,7 +77,14 @@ class Completer:
         self._wake: dict[str, asyncio.Event] = {}
         self._seq = 0
 
+    def file_changed(self, path: str, deleted: bool = False) -> None:
+        """A workspace file was saved, changed on disk or deleted (the server calls this)."""
+        if self.ngrams is not None:
+            self.ngrams.update_file(path, deleted)
+
     def close(self) -> None:
+        if self.ngrams is not None:
+            self.ngrams.stop()
         for ev in self._running.values():
             ev.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -213,6 +222,11 @@ class Completer:
 
         line_suffix = ctx.suffix.split("\n", 1)[0]
         multiline = want_multiline(s.multiline, req.multiline, ctx.current_line_prefix, line_suffix)
+        adapt = None  # n-gram cache mix and speculative drafts, for the local engine
+        if hasattr(engine, "kv_cache"):
+            self.ngrams = workspace_for(self.ngrams, engine, s, self.index)
+            adapt = await self._in_worker(partial(adaptation, self.ngrams, s, req.path or req.uri, text,
+                                                  open_docs or {}, req.line, req.character), cancel)
         candidates: list[Candidate] = []
         for i in range(s.n):
             if cancel.is_set() or (i > 0 and time.monotonic() >= deadline):
@@ -231,7 +245,7 @@ class Completer:
             try:
                 gen = partial(engine.generate, prompt.text, params, cancel, deadline)
                 if hasattr(engine, "kv_cache"):  # keyed KV slots: one document's typing keeps others'
-                    gen = partial(gen, cache_key=req.uri)
+                    gen = partial(gen, cache_key=req.uri, adapt=adapt)
                 cand = await self._in_worker(gen, cancel)
             except asyncio.CancelledError:
                 raise

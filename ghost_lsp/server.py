@@ -235,6 +235,8 @@ class GhostServer(FramedIO, LanguageServer):
                 index.remove(path)
             else:
                 await asyncio.to_thread(index.update, path)
+            if index.module_of_path(path) is not None or deleted:
+                await asyncio.to_thread(self.completer.file_changed, path, deleted)  # n-gram cache
         except Exception:  # a file we cannot read must not break the server
             log.warning("project index: could not update %s", path, exc_info=True)
 

@@ -89,6 +89,14 @@ class Settings:
     remote_model: str = ""
     # Answer with the local model while the remote one is down or slow.
     remote_fallback: bool = True
+    # Workspace token n-gram cache mixed into the model's next-token distribution (local model
+    # only; engine/ngram.py): largest mix weight, and its memory bound in tokens (~68 B each).
+    ngram_cache: bool = True
+    ngram_weight: float = 0.6  # chosen on click + itsdangerous (trained-on), not the held-out projects
+    ngram_max_tokens: int = 400_000
+    # Prompt-lookup speculative decoding: up to this many drafted tokens verified per model
+    # call (engine/speculative.py); 0 = off. Same output, fewer model calls.
+    draft_tokens: int = 8
 
 
 def _in_range(lo: float, hi: float):
@@ -131,6 +139,10 @@ _RULES: dict[str, tuple[type, Any]] = {
     "remote_timeout_ms": (int, _in_range(50, 600_000)),
     "remote_model": (str, None),
     "remote_fallback": (bool, None),
+    "ngram_cache": (bool, None),
+    "ngram_weight": (float, _in_range(0.0, 1.0)),
+    "ngram_max_tokens": (int, _in_range(0, 5_000_000)),
+    "draft_tokens": (int, _in_range(0, 32)),
 }
 assert set(_RULES) == {f.name for f in fields(Settings)}
 

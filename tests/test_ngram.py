@@ -42,7 +42,7 @@ def test_hash_matches_the_tables():
     toks = np.array([5, 6, 7, 8, 9])
     t = NgramTable([toks])
     for k in range(1, MAX_CONTEXT + 1):
-        h = t.orders[k - 1][0]
+        h = t.orders[k - 1][0]  # distinct context hashes
         assert context_hash(toks[:k].tolist(), k) in h.tolist()
 
 

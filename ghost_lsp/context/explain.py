@@ -41,6 +41,7 @@ def add_prompt_parser(sub, model_help: str) -> argparse.ArgumentParser:
                    help=f"comma-separated context providers (default {','.join(PROVIDERS)}; '' for none)")
     p.add_argument("--cleaner", default="off", choices=["off", "strip"], help="prompt cleaner")
     p.add_argument("--max-new-tokens", type=int, default=48, metavar="M")
+    p.add_argument("--no-ngram", action="store_true", help="skip the n-gram cache report (context/ngram_index.py)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_prompt)
     return p
@@ -97,10 +98,11 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     budget = max(16, manifest.context_length - args.max_new_tokens)
     prompt, parts = render_parts(template, ctx, count, budget)
     total = count(prompt.text)
+    ngram = None if args.no_ngram else _ngram_report(tok, index, open_docs, req, text, prompt.text)
     if args.json:
         print(json.dumps({"prompt": prompt.text, "template": prompt.template, "tokens": total, "budget": budget,
                           "parts": [p.__dict__ for p in parts],
-                          "providers": [r.__dict__ for r in reports]}, ensure_ascii=False))
+                          "providers": [r.__dict__ for r in reports], "ngram": ngram}, ensure_ascii=False))
         return 0
     print(f"=== prompt ({prompt.template}, {total} tokens of a {budget}-token budget: context "
           f"{manifest.context_length} - {args.max_new_tokens} new) ===")
@@ -115,5 +117,28 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     if index is not None:
         print(f"index: {len(index)} modules under {index.root} ({index.stats.seconds:.2f} s)"
               + (f", capped: {index.stats.capped}" if index.stats.capped else ""))
+    if ngram is not None:
+        t = ngram["tiers"]
+        print(f"n-gram cache: {t['project_tokens']} project tokens ({t['project_files']} files), {t['open_tokens']} open, "
+              f"{t['current_tokens']} current; {t['bytes'] / 1e6:.1f} MB")
+        print(f"  at the cursor: longest seen context {ngram['order']} token(s), λ {ngram['lambda']}, "
+              f"top {', '.join(f'{w!r} {p:.2f}' for w, p in ngram['top']) or '(nothing seen)'}")
+        print(f"  draft ({ngram['draft_source'] or 'none'}): {ngram['draft']!r}")
     return 0
+
+
+def _ngram_report(tok, index, open_docs: dict, req, text: str, prompt_text: str) -> dict | None:
+    """The workspace n-gram cache as the server would build it for this request."""
+    from ghost_lsp.cache import split_at
+    from ghost_lsp.context.ngram_index import WorkspaceNgrams, describe
+    from ghost_lsp.settings import Settings
+
+    s = Settings()
+    ws = WorkspaceNgrams(lambda t: tok.encode(t, add_special_tokens=False).ids, tok.get_vocab_size(True),
+                         max_tokens=s.ngram_max_tokens)
+    if index is not None:
+        ws.load_paths([p for p in index.paths() if p != req.path])
+    ws.set_open(open_docs)
+    ws.set_current(req.path, *split_at(text, req.line, req.character))
+    return describe(ws, tok, prompt_text, s.ngram_weight, s.draft_tokens)
 

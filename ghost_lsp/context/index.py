@@ -453,5 +453,10 @@ class ProjectIndex:
             name = attr
         return None
 
+    def paths(self) -> list[str]:
+        """Absolute paths of the indexed modules, in indexing order (the n-gram cache reads them)."""
+        with self._lock:
+            return list(self._by_path)
+
     def __len__(self) -> int:
         return len(self._by_path)

@@ -313,3 +313,31 @@ def adaptation(ws: WorkspaceNgrams | None, settings, path: str, text: str, open_
         except Exception:  # noqa: BLE001
             log.exception("n-gram cache update failed; this request decodes without it")
     return Adapt(ngrams=model, draft_tokens=settings.draft_tokens)
+
+
+def describe(ws: WorkspaceNgrams, tokenizer, prompt_text: str, weight: float, draft_tokens: int) -> dict:
+    """What the cache thinks at the end of a prompt (for `ghost-lsp prompt`): tier sizes, the
+    longest seen context, λ, its top next tokens, and the draft a first decode step would verify.
+    The prompt is token-healed as the engine heals it, so the context is the one decoding starts from."""
+    from ghost_lsp.engine.healing import heal_prompt, token_bytes_table
+    from ghost_lsp.engine.speculative import prompt_lookup
+
+    ids = tokenizer.encode(prompt_text, add_special_tokens=False).ids
+    table, _ = token_bytes_table(tokenizer)
+    ctx, healed = heal_prompt(ids, table)
+    model = ws.model(weight)
+    est = model.estimate(ctx)
+    out = {"tiers": ws.stats(), "healed_tail": healed.decode("utf-8", "replace"), "order": 0, "lambda": 0.0,
+           "top": [], "draft": "", "draft_source": ""}
+    if est is not None:
+        order = np.argsort(-est.weights)[:5]
+        out.update(order=est.order, seen=est.total, distinct=est.distinct,
+                   **{"lambda": round(weight * est.confidence, 4)},
+                   top=[(tokenizer.decode([int(est.tokens[i])]), round(float(est.weights[i]), 4)) for i in order])
+    if draft_tokens > 0:
+        draft, source = prompt_lookup(ctx, draft_tokens), "prompt"
+        if not draft:
+            draft, source = model.draft(ctx, draft_tokens), "cache"
+        if draft:
+            out.update(draft=tokenizer.decode(draft), draft_source=source)
+    return out

@@ -36,18 +36,25 @@ MAX_CONTEXT = 4  # context lengths 1..4: 5-grams at most
 # queries agree across processes). Hash = sum_j (token[-1-j] + 1) * _MULT[j] mod 2**64.
 _MULT = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
                   0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], dtype=np.uint64)
+_MULT_INT = [int(m) for m in _MULT]
 _MASK = (1 << 64) - 1
-# Bytes a table may hold per token it was built from: at most one distinct pair per token and
-# order, 8 (hash) + 4 (token) + 4 (count) bytes each.
-BYTES_PER_TOKEN = 16 * MAX_CONTEXT
+# Bytes a table may hold per token it was built from: at most one distinct context and one
+# distinct pair per token and order: 8 (hash) + 4 (offset) + 4 (token) + 4 (count) bytes.
+BYTES_PER_TOKEN = 20 * MAX_CONTEXT
 
 
 def context_hash(context: list[int] | np.ndarray, k: int) -> int:
     """The hash of the last `k` tokens of `context`, as tables store it."""
-    h = 0
-    for j in range(k):
-        h = (h + (int(context[-1 - j]) + 1) * int(_MULT[j])) & _MASK
-    return h
+    return context_hashes(context, k)[-1]
+
+
+def context_hashes(context: list[int] | np.ndarray, k_max: int) -> list[int]:
+    """Hashes of the last 1, 2, ..., k_max tokens (each extends the previous one)."""
+    out, h = [], 0
+    for j in range(min(k_max, len(context))):
+        h = (h + (int(context[-1 - j]) + 1) * _MULT_INT[j]) & _MASK
+        out.append(h)
+    return out
 
 
 def _pairs(tokens: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +78,9 @@ class NgramTable:
     def __init__(self, docs: list[np.ndarray] | tuple = ()):
         self.tokens = int(sum(len(d) for d in docs))
         self.docs = len(docs)
-        self.orders: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # per order: distinct context hashes (sorted), where each one's pairs start (+ the end),
+        # and the pairs' next tokens and counts
+        self.orders: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for k in range(1, MAX_CONTEXT + 1):
             parts = [_pairs(np.asarray(d), k) for d in docs]
             h = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.uint64)
@@ -85,23 +94,31 @@ class NgramTable:
                 starts = np.flatnonzero(new)
                 counts = np.diff(np.append(starts, len(h))).astype(np.float32)
                 h, nxt = h[starts], nxt[starts]
+                first = np.flatnonzero(np.append(True, h[1:] != h[:-1]))
+                uh, offsets = h[first], np.append(first, len(h)).astype(np.int32)
             else:
                 counts = np.empty(0, np.float32)
-            self.orders.append((h, nxt, counts))
+                uh, offsets = np.empty(0, np.uint64), np.zeros(1, np.int32)
+            self.orders.append((uh, offsets, nxt, counts))
 
     @property
     def nbytes(self) -> int:
-        return sum(h.nbytes + n.nbytes + c.nbytes for h, n, c in self.orders)
+        return sum(sum(a.nbytes for a in order) for order in self.orders)
+
+    def lookup_hash(self, h: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(next tokens, counts) after the k-token context whose hash is `h`."""
+        uh, offsets, nxt, counts = self.orders[k - 1]
+        i = int(uh.searchsorted(np.uint64(h)))
+        if i >= len(uh) or int(uh[i]) != h:
+            return nxt[:0], counts[:0]
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        return nxt[lo:hi], counts[lo:hi]
 
     def lookup(self, context: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(next tokens, counts) seen after the last k tokens of `context`."""
-        h, nxt, counts = self.orders[k - 1]
-        if not len(h) or len(context) < k:
-            return nxt[:0], counts[:0]
-        x = np.uint64(context_hash(context, k))
-        lo = int(np.searchsorted(h, x, "left"))
-        hi = int(np.searchsorted(h, x, "right"))
-        return nxt[lo:hi], counts[lo:hi]
+        if len(context) < k:
+            return self.orders[k - 1][2][:0], self.orders[k - 1][3][:0]
+        return self.lookup_hash(context_hash(context, k), k)
 
     def count_of(self, context: list[int], token: int) -> float:
         """How often `token` followed the full `context` (len 1..MAX_CONTEXT); for tests and debugging."""
@@ -111,13 +128,23 @@ class NgramTable:
 
 @dataclass
 class Estimate:
-    """The cache's view of the next token: a distribution over the vocabulary and how much to trust it."""
+    """The cache's view of the next token: a distribution over the tokens it has seen follow the
+    context (sparse: `tokens` sorted, `weights` summing to 1) and how much to trust it."""
 
-    probs: np.ndarray   # dense, sums to 1
+    tokens: np.ndarray  # ids with non-zero probability
+    weights: np.ndarray
     order: int          # longest context length that was seen (K)
     total: float        # C_K, weighted
     distinct: int       # u_K
     confidence: float   # C_K / (C_K + u_K) * K / MAX_CONTEXT, in [0, 1)
+    vocab_size: int = 0
+
+    @property
+    def probs(self) -> np.ndarray:
+        """Dense over the vocabulary (for tests and debugging; decoding uses the sparse form)."""
+        out = np.zeros(max(self.vocab_size, int(self.tokens.max()) + 1 if len(self.tokens) else 0))
+        out[self.tokens] = self.weights
+        return out
 
 
 @dataclass
@@ -142,11 +169,16 @@ class NgramModel:
     def tokens(self) -> int:
         return sum(t.tokens for t, _ in self.tiers)
 
-    def counts(self, context: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Weighted (next tokens, counts) after the last k tokens, all tiers (a token may repeat)."""
+    def counts(self, context: list[int], k: int, h: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted (next tokens, counts) after the last k tokens, all tiers (a token may repeat).
+        `h`: the context's hash, if known."""
         toks, cnts = [], []
+        if h is None:
+            if len(context) < k:
+                return np.empty(0, np.int32), np.empty(0, np.float32)
+            h = context_hash(context, k)
         for table, w in self.tiers:
-            nxt, c = table.lookup(context, k)
+            nxt, c = table.lookup_hash(h, k)
             if len(nxt):
                 toks.append(nxt)
                 cnts.append(c * w)
@@ -158,13 +190,18 @@ class NgramModel:
 
     def estimate(self, context: list[int]) -> Estimate | None:
         """Interpolated Witten-Bell estimate of the next token, or None if the cache never saw
-        the last token followed by anything."""
-        probs, est = None, None
-        for k in range(1, min(MAX_CONTEXT, len(context)) + 1):
-            nxt, c = self.counts(context, k)
+        the last token followed by anything. Computed over the tokens seen after the last token
+        only (every longer context's continuations are among them)."""
+        support, probs, est = None, None, None
+        for k, h in enumerate(context_hashes(context, MAX_CONTEXT), 1):
+            nxt, c = self.counts(context, k, h)
             if not len(nxt):
                 break  # a longer context cannot have been seen either
-            dense = np.bincount(nxt, weights=c, minlength=self.vocab_size)[:self.vocab_size]
+            if support is None:
+                support, idx = np.unique(nxt, return_inverse=True)
+            else:
+                idx = np.searchsorted(support, nxt)
+            dense = np.bincount(idx, weights=c, minlength=len(support))
             total = float(dense.sum())
             if total <= 0:
                 break
@@ -173,8 +210,10 @@ class NgramModel:
             est = (k, total, distinct)
         if probs is None:
             return None
+        keep = support < self.vocab_size if self.vocab_size else slice(None)
         k, total, distinct = est
-        return Estimate(probs, k, total, distinct, total / (total + distinct) * k / MAX_CONTEXT)
+        return Estimate(support[keep], probs[keep], k, total, distinct, total / (total + distinct) * k / MAX_CONTEXT,
+                        self.vocab_size)
 
     def mix(self, logits: np.ndarray, context: list[int], mask: np.ndarray | None = None,
             stats: MixStats | None = None) -> np.ndarray:
@@ -187,13 +226,12 @@ class NgramModel:
             return logits
         lam = self.weight * est.confidence
         x = np.asarray(logits, dtype=np.float64)
-        p = np.exp(x - x.max())
-        p /= p.sum()
-        n = min(len(p), len(est.probs))
-        mixed = (1.0 - lam) * p
-        mixed[:n] += lam * est.probs[:n]
-        with np.errstate(divide="ignore"):
-            scores = np.log(mixed)
+        m = x.max()
+        lse = m + np.log(np.exp(x - m).sum())
+        # log((1 - λ) p) everywhere, then the cache's tokens get their mixed mass
+        scores = x - lse + np.log1p(-lam)
+        t = est.tokens
+        scores[t] = np.log((1.0 - lam) * np.exp(x[t] - lse) + lam * est.weights)
         if stats is not None:
             stats.matched += 1
             stats.lambda_sum += lam
@@ -211,8 +249,9 @@ class NgramModel:
         out: list[int] = []
         while len(out) < max_tokens:
             best = None
-            for k in range(min(MAX_CONTEXT, len(ctx)), 1, -1):
-                nxt, c = self.counts(ctx, k)
+            hashes = context_hashes(ctx, MAX_CONTEXT)
+            for k in range(len(hashes), 1, -1):
+                nxt, c = self.counts(ctx, k, hashes[k - 1])
                 if len(nxt):
                     if len(nxt) > 1:
                         uniq, inv = np.unique(nxt, return_inverse=True)

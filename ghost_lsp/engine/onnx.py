@@ -19,6 +19,7 @@ import numpy as np
 from ghost_lsp.engine.base import EngineError
 from ghost_lsp.engine.healing import Healer, advance, heal_prompt, token_bytes_table
 from ghost_lsp.engine.sampling import choose_token, log_softmax
+from ghost_lsp.engine.speculative import Adapt, DecodeHooks
 from ghost_lsp.manifest import Manifest
 from ghost_lsp.types import Candidate, SamplingParams
 
@@ -350,18 +351,20 @@ class OnnxEngine:
         return logits[-1], present, base, common
 
     def generate(self, prompt: str, params: SamplingParams, cancel: threading.Event | None = None,
-                 deadline: float | None = None, *, cache_key: str | None = None) -> Candidate:
+                 deadline: float | None = None, *, cache_key: str | None = None,
+                 adapt: Adapt | None = None) -> Candidate:
         """Generate one continuation (see Engine.generate).
 
         The prompt's last token(s) are re-chosen by the model (token healing); the returned
         text starts right after the prompt. `token_ids`/`logprobs` are every generated token,
         so the first ones may re-spell the healed prompt tail. `cache_key` (e.g. the document)
-        names the KV-cache slot this call's prompt + generated tokens are kept in.
+        names the KV-cache slot this call's prompt + generated tokens are kept in. `adapt`
+        (engine/speculative.py) mixes in the workspace n-gram cache and turns on drafts.
         """
         with self._lock:
-            return self._generate(prompt, params, cancel, deadline, cache_key)
+            return self._generate(prompt, params, cancel, deadline, cache_key, adapt)
 
-    def _generate(self, prompt, params, cancel, deadline, cache_key=None) -> Candidate:
+    def _generate(self, prompt, params, cancel, deadline, cache_key=None, adapt=None) -> Candidate:
         t0 = time.perf_counter()
         ctx = self.manifest.context_length
         max_new = max(0, int(params.max_new_tokens))
@@ -387,6 +390,7 @@ class OnnxEngine:
         marks = {m: v for m, v in base.marks.items() if m <= reused} if base is not None else {}
         marks[len(prompt_ids)] = logits
         fed = list(prompt_ids)
+        hooks = DecodeHooks(self.decoder, past, fed, adapt, ctx)  # n-gram mix and drafts
 
         rng = np.random.default_rng(params.seed)
         counts = np.zeros(len(self.token_bytes), dtype=np.int32)
@@ -411,7 +415,8 @@ class OnnxEngine:
                 if not mask.any():  # nothing spells R: give up healing (never seen in practice)
                     mask, remaining = self._allowed, b""
                     generated = healed
-            tok, lp = choose_token(logits, temperature=params.temperature, top_p=params.top_p,
+            scores = hooks.scores(logits, mask)
+            tok, lp = choose_token(scores, temperature=params.temperature, top_p=params.top_p,
                                    counts=counts, frequency_penalty=params.frequency_penalty,
                                    presence_penalty=params.presence_penalty, mask=mask, rng=rng)
             if tok == self.eos_id:
@@ -420,7 +425,7 @@ class OnnxEngine:
             cand.token_ids.append(tok)
             cand.logprobs.append(lp)
             if params.temperature > 0.0:  # the ranker wants the model's own view, not the sampler's
-                model_lp = float(log_softmax(np.where(mask, logits, -np.inf))[tok])
+                model_lp = float(log_softmax(np.where(mask, scores, -np.inf))[tok])
             else:
                 model_lp = lp
             cand.model_logprobs.append(model_lp)
@@ -445,14 +450,15 @@ class OnnxEngine:
                     break
             if step + 1 >= max_steps:
                 break
-            if self.decoder.past_length(past) + 1 > ctx:
+            if len(fed) + 1 > ctx:
                 break  # context window full
             ts = time.perf_counter()
-            out, past = self.decoder.run([tok], past)
-            logits = out[-1]
+            logits = hooks.step(tok, max_steps - step - 2)
             fed.append(tok)
             dt = time.perf_counter() - ts
             step_s = dt if step_s == 0.0 else 0.7 * step_s + 0.3 * dt
+        past = hooks.finish()
+        cand.decode_info = hooks.info()
         if self.reuse_kv:
             marks[len(fed)] = logits
             keep_marks = dict(sorted(marks.items())[-4:])

@@ -458,4 +458,10 @@ def add_eval_parsers(sub) -> argparse.ArgumentParser:
     p = esub.add_parser("loops", help="loop rate before/after filters, early stop, ranking, penalty sweep")
     loops.add_arguments(p)
     p.set_defaults(func=loops.main_args)
+
+    from ghost_lsp.evals import ngram
+
+    p = esub.add_parser("ngram", help="next line with the workspace n-gram cache off vs on, and speculative drafts")
+    ngram.add_arguments(p)
+    p.set_defaults(func=ngram.main_args)
     return ep
