@@ -333,6 +333,30 @@ def cycle(text: str, ctx: Context, similarity: float = LINE_SIMILARITY,
 # -- structure -----------------------------------------------------------------------------------
 
 
+def indentation(text: str, ctx: Context) -> tuple[str, str | None]:
+    """Drop blanks the suggestion puts before its first word when the cursor already sits at
+    the end of an indentation (the editor's auto-indent put it there).
+
+    A code BPE spells indentation as a run of spaces plus a space-led word (' if'); after
+    token healing the model may take the whole run and the space-led word too, giving one
+    space too many, which the syntax rule then throws away with the whole line (seen at
+    about a third of held-out next-line positions). Kept when the line above opens a block
+    the cursor is not yet inside: the extra indentation may be what that block needs.
+    """
+    line_prefix = ctx.current_line_prefix
+    if not line_prefix or line_prefix.strip():
+        return text, None
+    first = text.split("\n", 1)[0]
+    lead = len(first) - len(first.lstrip(" \t"))
+    if lead == 0 or not first.strip():
+        return text, None
+    above = [l for l in ctx.prefix.split("\n")[:-1][-50:] if l.strip()]
+    if above and above[-1].rstrip().endswith((":", "{", "(", "[")) and \
+            _indent(line_prefix) <= _indent(above[-1]):
+        return text, None
+    return text[lead:], "indent"
+
+
 def end_of_line(text: str, ctx: Context) -> tuple[str, str | None]:
     """Single-line mode: keep the rest of the current line only."""
     if "\n" not in text:
@@ -631,6 +655,7 @@ def trivial(text: str, ctx: Context, min_chars: int = MIN_CHARS) -> tuple[str, s
 class FilterSettings:
     """Each rule on/off (all on by default) and its thresholds; the `filters` settings section."""
 
+    indent: bool = True  # drop blanks before the first word when the cursor is at an indentation
     cycle: bool = True
     recurring: bool = True  # part of cycle: the third non-adjacent copy of a line or phrase
     end_of_block: bool = True
@@ -647,12 +672,14 @@ class FilterSettings:
     min_token_logprob: float = MIN_TOKEN_LOGPROB
 
 
-ALL_OFF = FilterSettings(cycle=False, end_of_block=False, suffix_overlap=False, bracket_balance=False,
+ALL_OFF = FilterSettings(indent=False, cycle=False, end_of_block=False, suffix_overlap=False, bracket_balance=False,
                          syntax=False, confidence=False, trivial=False, early_stop=False)
 
 
 def _rules(s: FilterSettings, multiline: bool, candidate: Candidate | None) -> list[tuple[str, Rule]]:
     rules: list[tuple[str, Rule]] = []
+    if s.indent:
+        rules.append(("indent", indentation))
     if s.cycle:
         rules.append(("cycle", lambda t, c: cycle(t, c, s.line_similarity, s.recurring)))
     if multiline:

@@ -7,7 +7,7 @@ Score of a candidate whose kept text is non-empty:
   + AGREE_BONUS per other candidate that kept the very same text         (self-consistency)
   - CUT_PENALTY per defect cut (cycle, suffix_overlap, bracket_balance, syntax, low_confidence):
     a candidate the filters had to repair is less trustworthy; end_of_line/end_of_block/max_lines
-    are expected cuts, not defects.
+    are expected cuts and indent a tokenisation artefact, not defects.
 
 The model log-prob is the model's own (`Candidate.model_logprobs`), not the sampler's, so
 candidates drawn at different temperatures compare fairly. With a `Reranker` (a second model),
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 LINE_BONUS = 0.05
 AGREE_BONUS = 0.1
 CUT_PENALTY = 0.3
-NEUTRAL_CUTS = {"end_of_line", "end_of_block", "max_lines"}
+NEUTRAL_CUTS = {"end_of_line", "end_of_block", "max_lines", "indent"}
 NO_LOGPROB = -5.0  # an engine that returns no log-probs: every candidate gets the same term
 
 

@@ -11,7 +11,7 @@ from ghost_lsp.filters import ALL_OFF, FilterSettings, StopCheck, apply_filters,
 from ghost_lsp.types import Candidate, Context
 
 DATA = Path(__file__).parent / "data" / "filters"
-RULES = ["cycle", "end_of_block", "suffix_overlap", "bracket_balance", "syntax", "confidence", "trivial"]
+RULES = ["indent", "cycle", "end_of_block", "suffix_overlap", "bracket_balance", "syntax", "confidence", "trivial"]
 
 
 def _load(name):
