@@ -128,7 +128,10 @@ def _accepts(proc, ids):
 
 
 def _committed(db) -> set[str]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:  # the server may not have created the file yet (a slow start on a loaded machine)
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    except sqlite3.OperationalError:
+        return set()
     try:
         return {r[0] for r in conn.execute("SELECT suggestion_id FROM events WHERE kind = 'accepted'")}
     except sqlite3.OperationalError:
