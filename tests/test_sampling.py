@@ -114,3 +114,26 @@ def test_partial_sort_nucleus_equals_the_full_sort(top_p, scale):
 def test_nucleus_with_ties_at_the_boundary_matches_the_full_sort():
     probs = np.full(300, 1 / 300)  # every token tied: the stable order keeps the lowest indices
     np.testing.assert_array_equal(top_p_filter(probs, 0.5), top_p_filter_sorted(probs, 0.5))
+
+
+def test_batched_choice_equals_row_by_row():
+    from ghost_lsp.engine.sampling import choose_tokens
+
+    rng = np.random.default_rng(5)
+    n, v = 12, 2048
+    logits = (rng.normal(size=(n, v)) * 3).astype(np.float32)
+    mask = rng.random(v) > 0.02
+    counts = rng.integers(0, 3, size=(n, v)).astype(np.int32)
+    temps = np.array([0.0, 0.2, 0.8, 1.0, 0.0, 1.3, 0.6, 0.0, 0.7, 0.9, 0.2, 1.0])
+    top_ps = np.array([1.0, 0.9, 1.0, 0.95, 0.5, 1.0, 0.8, 1.0, 0.99, 1.0, 0.3, 0.9])
+    fps = np.array([0.0, 0.5, 0.0, 1.0, 0.2, 0.0, 0.0, 0.3, 0.0, 0.1, 0.0, 0.0])
+    pps = np.array([0.0, 0.0, 0.3, 0.0, 0.0, 0.5, 0.0, 0.0, 0.2, 0.0, 0.0, 0.4])
+    for seed in range(20):
+        toks, lps = choose_tokens(logits, temperatures=temps, top_ps=top_ps, counts=counts, frequency_penalties=fps,
+                                  presence_penalties=pps, mask=mask,
+                                  rngs=[np.random.default_rng(seed * 100 + i) for i in range(n)])
+        for i in range(n):
+            tok, lp = choose_token(logits[i], temperature=temps[i], top_p=top_ps[i], counts=counts[i],
+                                   frequency_penalty=fps[i], presence_penalty=pps[i], mask=mask,
+                                   rng=np.random.default_rng(seed * 100 + i))
+            assert (int(toks[i]), float(lps[i])) == (tok, lp)

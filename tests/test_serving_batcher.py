@@ -67,6 +67,20 @@ def test_batched_greedy_equals_unbatched(engine):
     assert any(r.text for r in ref)
 
 
+def test_batched_seeded_sampling_equals_unbatched(engine):
+    """Rows past token healing are sampled together in one numpy call: same draws as one by one."""
+    stats = Sizes()
+    batcher = Batcher(engine, max_batch=8, max_queue=16, stats=stats)
+    params = dict(temperature=0.9, top_p=0.9, frequency_penalty=0.3, presence_penalty=0.2, seed=11)
+    try:
+        got = _run(batcher, engine, PROMPTS, SeqParams(max_tokens=20, **params))
+    finally:
+        batcher.close()
+    ref = [engine.generate(p, SamplingParams(max_new_tokens=20, **params)) for p in PROMPTS]
+    assert [t for t, _ in got] == [c.text for c in ref]
+    assert max(stats.sizes) >= 3, stats.sizes
+
+
 def test_stop_sequence_and_holdback(engine):
     ref = engine.generate(PROMPTS[0], SamplingParams(max_new_tokens=20, temperature=0.0)).text
     assert len(ref) >= 4

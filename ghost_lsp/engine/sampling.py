@@ -116,3 +116,44 @@ def choose_token(logits: np.ndarray, *, temperature: float = 0.0, top_p: float =
     while probs[tok] == 0.0:  # float edge: landed on a zeroed slot after the last kept one
         tok -= 1
     return tok, float(np.log(probs[tok]))
+
+
+def choose_tokens(logits: np.ndarray, *, temperatures: np.ndarray, top_ps: np.ndarray,
+                  counts: np.ndarray | None = None, frequency_penalties: np.ndarray | None = None,
+                  presence_penalties: np.ndarray | None = None, mask: np.ndarray | None = None,
+                  rngs: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`choose_token` for a batch of rows at once (one row per sequence, each with its own
+    settings and RNG): the same tokens and log-probs as calling it row by row, with the
+    vocabulary-wide work done in one numpy call per step instead of one per row.
+
+    `mask` is one boolean vector shared by every row; `counts` is (rows, vocab).
+    """
+    raw = np.asarray(logits, dtype=np.float64)
+    n = raw.shape[0]
+    if mask is not None:
+        raw = np.where(mask, raw, -np.inf)
+    penalised = raw
+    if counts is not None and frequency_penalties is not None and presence_penalties is not None and \
+            (np.any(frequency_penalties) or np.any(presence_penalties)):
+        penalised = raw - (frequency_penalties[:, None] * counts + presence_penalties[:, None] * (counts > 0))
+    toks = np.zeros(n, dtype=np.int64)
+    lps = np.zeros(n, dtype=np.float64)
+    greedy = np.flatnonzero(temperatures <= 0.0)
+    if len(greedy):
+        toks[greedy] = np.argmax(penalised[greedy], axis=-1)
+        lps[greedy] = log_softmax(raw[greedy])[np.arange(len(greedy)), toks[greedy]]
+    sampled = np.flatnonzero(temperatures > 0.0)
+    if len(sampled):
+        probs = np.exp(log_softmax(penalised[sampled] / temperatures[sampled, None]))
+        for j, i in enumerate(sampled):
+            if top_ps[i] < 1.0:
+                probs[j] = top_p_filter(probs[j], float(top_ps[i]))
+        cum = np.cumsum(probs, axis=-1)
+        draws = np.array([(rngs[i] if rngs is not None else np.random.default_rng()).random() for i in sampled])
+        picked = np.minimum((cum <= (draws * cum[:, -1])[:, None]).sum(axis=-1), probs.shape[1] - 1)
+        for j, i in enumerate(sampled):
+            tok = int(picked[j])
+            while probs[j, tok] == 0.0:  # float edge, as in choose_token
+                tok -= 1
+            toks[i], lps[i] = tok, float(np.log(probs[j, tok]))
+    return toks, lps

@@ -27,7 +27,7 @@ import numpy as np
 
 from ghost_lsp.engine.healing import advance, heal_split
 from ghost_lsp.engine.onnx import OnnxEngine
-from ghost_lsp.engine.sampling import choose_token, log_softmax
+from ghost_lsp.engine.sampling import choose_token, choose_tokens, log_softmax
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,12 @@ class Sequence:
         tok, lp = choose_token(logits, temperature=p.temperature, top_p=p.top_p, counts=self.counts,
                                frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty,
                                mask=mask, rng=self.rng)
+        return self.take(tok, lp, logits, mask)
+
+    def take(self, tok: int, lp: float, logits: np.ndarray, mask: np.ndarray) -> bool:
+        """Record the chosen token (from `consume`, or from a batched choice for rows that are
+        past token healing); return True when the sequence has finished."""
+        eng, p = self.engine, self.params
         self.steps += 1
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
@@ -399,6 +405,31 @@ class Batcher:
                 elif not s.consume(logits[-1]):
                     self._batch.join(s, cache)
 
+    def _choose_and_take(self, rows: list[Sequence], logits: np.ndarray) -> list[bool]:
+        """Next token of every row: rows past token healing share the engine's mask and are
+        chosen in one batched numpy call (the same tokens as one by one: see choose_tokens);
+        rows still re-spelling a healed prompt tail have their own mask and go one by one."""
+        plain = [i for i, s in enumerate(rows) if not s.remaining]
+        done = [False] * len(rows)
+        if len(plain) > 1:
+            seqs = [rows[i] for i in plain]
+            ps = [s.params for s in seqs]
+            fp = np.array([p.frequency_penalty for p in ps])
+            pp = np.array([p.presence_penalty for p in ps])
+            counts = np.stack([s.counts for s in seqs]) if fp.any() or pp.any() else None
+            toks, lps = choose_tokens(logits[plain], temperatures=np.array([p.temperature for p in ps]),
+                                      top_ps=np.array([p.top_p for p in ps]), counts=counts,
+                                      frequency_penalties=fp, presence_penalties=pp, mask=self.engine._allowed,
+                                      rngs=[s.rng for s in seqs])
+            for j, i in enumerate(plain):
+                done[i] = rows[i].take(int(toks[j]), float(lps[j]), logits[i], self.engine._allowed)
+            rest = [i for i in range(len(rows)) if i not in set(plain)]
+        else:
+            rest = range(len(rows))
+        for i in rest:
+            done[i] = rows[i].consume(logits[i])
+        return done
+
     def _decode(self) -> None:
         b = self._batch
         now = time.monotonic()
@@ -420,7 +451,8 @@ class Batcher:
         dt = time.perf_counter() - t0
         self._busy.append((time.monotonic(), dt))
         self.stats.batch(len(b.rows), dt, len(b.rows))
-        keep = [i for i, s in enumerate(b.rows) if not s.consume(logits[i])]
+        done = self._choose_and_take(b.rows, logits)
+        keep = [i for i, s in enumerate(b.rows) if not done[i]]
         if len(keep) < len(b.rows):
             now, kept = time.monotonic(), set(keep)
             for i, s in enumerate(b.rows):
