@@ -748,6 +748,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ghost_lsp.engine.onnx import default_threads
     from ghost_lsp.settings import Settings, model_dir
 
+    if getattr(args, "peers", False):
+        from ghost_lsp.bench_peers import run_peers
+
+        return run_peers(args)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     folder = Path(args.model) if args.model else Path(model_dir(Settings()))
     if not (folder / "manifest.json").is_file():
@@ -816,4 +820,13 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--gap-max", type=int, default=120, help="ms between keys, at most")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench.json", help="JSON results file")
+    p.add_argument("--peers", action="store_true",
+                   help="instead: ghost-lsp's engine vs llama.cpp and onnxruntime-genai on the same weights "
+                        "(the shipped model's checkpoint and a random 20 M Llama); see ghost_lsp/bench_peers.py")
+    p.add_argument("--peer-list", default=None, metavar="LIST",
+                   help="with --peers: peers to run (default llama.cpp,onnxruntime-genai)")
+    p.add_argument("--peer-models", default=None, metavar="LIST", help="with --peers: shipped,20m (default both)")
+    p.add_argument("--genai-builder", default=None, metavar="PYTHON",
+                   help="with --peers: a Python with onnxruntime-genai's model builder (transformers>=5); "
+                        "default $GHOST_GENAI_BUILDER")
     p.set_defaults(func=cmd_bench)

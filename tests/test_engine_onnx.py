@@ -79,8 +79,8 @@ def script(engine, monkeypatch, steps):
     real = engine.decoder.run
     it = iter(steps)
 
-    def run(ids, past):
-        logits, present = real(ids, past)
+    def run(ids, past, **kw):
+        logits, present = real(ids, past, **kw)
         row = np.zeros(logits.shape[-1], dtype=np.float32)
         for token, value in next(it, {}).items():
             row[engine.tokenizer.token_to_id(token)] = value
@@ -160,7 +160,7 @@ def test_deadline_is_respected(engine, monkeypatch):
     c = engine.generate("import os\n", GREEDY, deadline=time.monotonic() - 1)
     assert (c.finish_reason, c.text) == ("deadline", "")
     real = engine.decoder.run
-    monkeypatch.setattr(engine.decoder, "run", lambda ids, past: (time.sleep(0.02), real(ids, past))[1])
+    monkeypatch.setattr(engine.decoder, "run", lambda ids, past, **kw: (time.sleep(0.02), real(ids, past, **kw))[1])
     t0 = time.monotonic()
     c = engine.generate("import os\n", SamplingParams(max_new_tokens=200), deadline=t0 + 0.1)
     assert c.finish_reason == "deadline"

@@ -146,7 +146,7 @@ def test_decoding_stops_before_a_step_would_pass_the_deadline(tiny_model_dir, mo
     stops after ~2 steps instead of running one past the deadline."""
     engine = OnnxEngine(tiny_model_dir, token_healing=False)
     real = engine.decoder.run
-    monkeypatch.setattr(engine.decoder, "run", lambda ids, past: (time.sleep(0.03), real(ids, past))[1])
+    monkeypatch.setattr(engine.decoder, "run", lambda ids, past, **kw: (time.sleep(0.03), real(ids, past, **kw))[1])
     t0 = time.monotonic()
     c = engine.generate("import os\n", SamplingParams(max_new_tokens=100), deadline=t0 + 0.1)
     assert c.finish_reason == "deadline" and 1 <= len(c.token_ids) <= 3

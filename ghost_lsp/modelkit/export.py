@@ -7,6 +7,12 @@ output folder unless validation passes.
 
 Why plain quantize_dynamic: shared/FACTS.md measured it keeping greedy output identical to
 PyTorch where optimum's ORTQuantizer diverged; either way every quantized model is checked.
+
+graph="fused" (Llama only) replaces the optimum export with modelkit/llama_graph.py's compact
+graph (GroupQueryAttention, untied LM head, optional last-position logits, KV appended in
+place) and quantizes its MatMuls to MatMulNBits (int8 or int4 weights, int8 compute) or, with
+quantize="int8-dynamic", DynamicQuantizeMatMul (faster prefill, slower decode); see
+`ghost-lsp bench --peers`. Same validation.
 torch/transformers/optimum are imported inside the functions (the server imports nothing here).
 """
 
@@ -69,6 +75,39 @@ def _quantize(src: Path, dst: Path) -> Path:
     # Per-channel scales: on tiny models per-tensor int8 flipped ~8 % of greedy tokens, per-channel none.
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
     return dst
+
+
+# quantize= values -> (manifest quantization, how), per graph kind.
+QUANTIZE_CHOICES = ("int8", "int8-dynamic", "int4", "none")
+
+
+def _quant_kind(quantize: str | None, graph: str) -> str | None:
+    if quantize in (None, "none"):
+        return None
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, not {quantize!r}")
+    if quantize == "int4" and graph != "fused":
+        raise ValueError("quantize 'int4' (MatMulNBits) needs graph='fused'")
+    if quantize == "int8":  # each graph's measured best int8
+        return "int8-nbits" if graph == "fused" else "int8-dynamic"
+    return "int4-nbits" if quantize == "int4" else quantize
+
+
+def _quantize_kind(src: Path, dst: Path, kind: str, graph: str) -> Path:
+    if kind == "int8-dynamic":
+        if graph != "fused":
+            return _quantize(src, dst)
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        # The MatMuls (LM head included, it is untied) and the embedding table (a Gather of a
+        # few int8 rows: size, not speed). Contrib-op outputs have no inferred type, hence
+        # DefaultTensorType.
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gather"], extra_options={"DefaultTensorType": 1})
+        return dst
+    from ghost_lsp.modelkit.llama_graph import quantize_nbits
+
+    return quantize_nbits(src, dst, bits=8 if kind == "int8-nbits" else 4)
 
 
 def _session(path: Path):
@@ -141,10 +180,12 @@ def _context_length(config) -> int:
 def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None = "int8",
                 tokenizer_json: str | Path | None = None, manifest_fields: dict | None = None,
                 min_agreement: float = 0.9, logits_atol: float = 1e-3, steps: int = 8,
-                prompts: list[str] | None = None) -> dict:
+                prompts: list[str] | None = None, graph: str = "optimum") -> dict:
     """Export, validate and package a local Hugging Face causal LM; return the validation report.
 
-    quantize: "int8" (dynamic) or None/"none". tokenizer_json defaults to hf_dir/tokenizer.json.
+    quantize: "int8" (the graph's best int8: dynamic for optimum, MatMulNBits for fused),
+    "int8-dynamic", "int4" (MatMulNBits) or None/"none". graph: "optimum" or "fused" (Llama
+    only, see llama_graph.py). tokenizer_json defaults to hf_dir/tokenizer.json.
     manifest_fields override manifest values (name, family, info, ...); `info` is merged.
     Raises ExportValidationError (out_dir untouched) when fp32 logits differ from PyTorch by
     more than logits_atol, or int8 greedy agreement along PyTorch's greedy path is below
@@ -158,9 +199,9 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
 
     t_start = time.perf_counter()
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
-    quantize = None if quantize in (None, "none") else quantize
-    if quantize not in (None, "int8"):
-        raise ValueError(f"quantize must be 'int8' or 'none', not {quantize!r}")
+    if graph not in ("optimum", "fused"):
+        raise ValueError(f"graph must be 'optimum' or 'fused', not {graph!r}")
+    quantize = _quant_kind(quantize, graph)
     tok_path = Path(tokenizer_json) if tokenizer_json else hf_dir / "tokenizer.json"
     if not tok_path.is_file():
         raise FileNotFoundError(f"{tok_path}: tokenizer.json not found (pass tokenizer_json=)")
@@ -169,12 +210,18 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
 
     with tempfile.TemporaryDirectory(prefix="ghost-export-") as tmp:
         work = Path(tmp)
-        _progress(f"exporting {hf_dir} with optimum")
-        fp32 = _run_optimum_export(hf_dir, work / "fp32")
+        if graph == "fused":
+            from ghost_lsp.modelkit.llama_graph import build_llama_graph
+
+            _progress(f"writing the fused graph of {hf_dir}")
+            fp32 = build_llama_graph(hf_dir, work / "fp32" / "fused.onnx")
+        else:
+            _progress(f"exporting {hf_dir} with optimum")
+            fp32 = _run_optimum_export(hf_dir, work / "fp32")
         quant = None
         if quantize:
-            _progress("quantizing (dynamic int8)")
-            quant = _quantize(fp32, work / "model.int8.onnx")
+            _progress(f"quantizing ({quantize})")
+            quant = _quantize_kind(fp32, work / "model.quant.onnx", quantize, graph)
         _progress("validating against PyTorch")
         model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
         ctx = _context_length(config)
@@ -189,7 +236,7 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
                 f"(tolerance {logits_atol})", report)
         if quant is not None and not report["int8_ok"]:
             raise ExportValidationError(
-                f"int8 greedy agreement {report['int8_greedy_agreement']:.1%} is below "
+                f"{quantize} greedy agreement {report['int8_greedy_agreement']:.1%} is below "
                 f"{min_agreement:.0%}", report)
 
         final = quant or fp32
@@ -214,14 +261,14 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
         return name or fallback
 
     fields = dict(manifest_fields or {})
-    info = {**fields.pop("info", {}), "validation": report,
+    info = {**fields.pop("info", {}), "validation": report, "graph": graph,
             "source": {"hf_dir": str(hf_dir), "parameters": n_params}}
     manifest = Manifest(
         name=fields.pop("name", hf_dir.name),
         family="starcoder" if fim else "plain",
         architecture=getattr(config, "model_type", "unknown"),
         context_length=ctx,
-        quantization="int8-dynamic" if quantize else "none",
+        quantization=quantize or "none",
         fim=fim,
         eos_token="<|endoftext|>" if "<|endoftext|>" in vocab
         else token_name(getattr(config, "eos_token_id", None), "<|endoftext|>"),
@@ -248,7 +295,11 @@ def add_model_export_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("export", help="export a local Hugging Face causal LM to a ghost-lsp model folder")
     p.add_argument("hf_dir", metavar="HF_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--quantize", choices=["int8", "none"], default="int8")
+    p.add_argument("--quantize", choices=list(QUANTIZE_CHOICES), default="int8",
+                   help="int8: dynamic on the optimum graph, MatMulNBits on the fused one")
+    p.add_argument("--graph", choices=["optimum", "fused"], default="optimum",
+                   help="fused: compact Llama graph (GroupQueryAttention, untied int8 LM head, "
+                        "last-position prefill logits); see ghost-lsp bench --peers")
     p.add_argument("--tokenizer", dest="tokenizer_json", default=None,
                    help="tokenizer.json to ship (default: HF_DIR/tokenizer.json)")
     p.add_argument("--name", default=None, help="model name in the manifest (default: HF_DIR's name)")
@@ -276,7 +327,8 @@ def cmd_model_export(args) -> int:
             report = export_onnx(args.hf_dir, args.out_dir, quantize=args.quantize,
                                  tokenizer_json=getattr(args, "tokenizer_json", None),
                                  manifest_fields=fields,
-                                 min_agreement=getattr(args, "min_agreement", 0.9))
+                                 min_agreement=getattr(args, "min_agreement", 0.9),
+                                 graph=getattr(args, "graph", "optimum"))
     except ExportValidationError as e:
         print(f"export failed validation: {e}", file=sys.stderr)
         print(json.dumps({"ok": False, "error": str(e), **e.report}, indent=2))

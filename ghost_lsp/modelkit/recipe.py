@@ -151,6 +151,8 @@ def stage_package(r: Recipe) -> dict:
     kwargs = {}
     if "min_agreement" in e:
         kwargs["min_agreement"] = float(e["min_agreement"])
+    if "graph" in e:  # "fused": the compact Llama graph (see modelkit/llama_graph.py)
+        kwargs["graph"] = str(e["graph"])
     report = export_onnx(student, r.out, quantize=e.get("quantize", "int8"),
                          manifest_fields={"name": r.name, "info": info,
                                           **({"family": e["prompt_family"]} if e.get("prompt_family") else {})},

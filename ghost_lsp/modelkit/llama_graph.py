@@ -1,0 +1,172 @@
+"""A Llama checkpoint written straight to one compact ONNX decoder graph (the "fused" format).
+
+Why not optimum's export: its graph runs hundreds of small Shape/Gather/Concat ops per decode
+step, rebuilds the causal mask and the rotary tables every step, computes logits for every
+prompt position, and ties the LM head to the embedding (so dynamic quantization leaves it an
+fp32 MatMul over a dequantized table). Here each layer is: SkipSimplifiedLayerNormalization →
+one packed QKV MatMul → GroupQueryAttention (rotary inside, causal by sequence lengths) →
+MatMul → SkipSimplifiedLayerNormalization → gate/up/down MatMuls; the LM head is its own
+weight; `logits_to_keep` (0 = every position, k = the last k) slices the hidden states before
+the LM head, so prefill can ask for the last position only.
+
+The interface is optimum's (`input_ids`, `attention_mask`, `past_key_values.{i}.key/value` →
+`logits`, `present.{i}.key/value`, KV laid out (batch, kv_heads, seq, head_dim)) plus
+`logits_to_keep`; the metadata key KV_CAPACITY_KEY lets the engine keep the cache in
+preallocated buffers that GroupQueryAttention appends to in place (engine/onnx.py Decoder). Quantization (export.py) then turns the
+MatMuls into `MatMulNBits` (int8 or int4 weights, int8 compute) or `DynamicQuantizeMatMul`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+OPSET = 17
+KV_CAPACITY_KEY = "ghost_lsp.kv_capacity"  # model metadata: positions a shared KV buffer holds
+
+
+class UnsupportedModel(ValueError):
+    """The checkpoint uses a feature this writer does not implement (use the optimum format)."""
+
+
+def _check_config(cfg) -> None:
+    if getattr(cfg, "model_type", None) != "llama":
+        raise UnsupportedModel(f"fused format supports model_type 'llama', not {cfg.model_type!r}")
+    if getattr(cfg, "rope_scaling", None):
+        raise UnsupportedModel(f"rope_scaling {cfg.rope_scaling!r} is not supported by the fused format")
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        raise UnsupportedModel("attention/MLP biases are not supported by the fused format")
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        raise UnsupportedModel(f"activation {cfg.hidden_act!r} is not supported by the fused format")
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if head_dim % 8:  # GroupQueryAttention's rotary kernel works on 8-value groups
+        raise UnsupportedModel(f"head_dim {head_dim} is not a multiple of 8 (GroupQueryAttention)")
+
+
+def build_llama_graph(hf_dir: str | Path, out_path: str | Path) -> Path:
+    """Write the fp32 fused graph of a local Llama checkpoint to out_path (weights inline)."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(hf_dir)
+    _check_config(cfg)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    del model
+
+    hidden = cfg.hidden_size
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // n_heads
+    eps = float(cfg.rms_norm_eps)
+    n_layers = cfg.num_hidden_layers
+    max_pos = int(cfg.max_position_embeddings)
+
+    inits, nodes = [], []
+
+    def init(name, arr):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def node(op, ins, outs, domain="", **attrs):
+        nodes.append(helper.make_node(op, ins, outs, name=f"{op}_{len(nodes)}", domain=domain, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+    # Rotary tables for every position the model allows (GQA indexes them by position).
+    inv_freq = 1.0 / (float(cfg.rope_theta) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    freqs = np.outer(np.arange(max_pos, dtype=np.float64), inv_freq)
+    init("cos_cache", np.cos(freqs).astype(np.float32))
+    init("sin_cache", np.sin(freqs).astype(np.float32))
+    init("one_i64", np.array(1, dtype=np.int64))
+    init("axes_1", np.array([1], dtype=np.int64))
+    init("ends_max", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+
+    # Sequence lengths for GroupQueryAttention, from the all-ones attention mask the engine feeds.
+    node("ReduceSum", ["attention_mask", "axes_1"], ["mask_sum"], keepdims=0)
+    node("Sub", ["mask_sum", "one_i64"], ["seqlens_i64"])
+    node("Cast", ["seqlens_i64"], ["seqlens_k"], to=TensorProto.INT32)
+    node("Shape", ["attention_mask"], ["mask_shape"])
+    node("Gather", ["mask_shape", "one_i64"], ["total_len_i64"], axis=0)
+    node("Cast", ["total_len_i64"], ["total_len"], to=TensorProto.INT32)
+
+    init("embed", sd["model.embed_tokens.weight"])
+    x = node("Gather", ["embed", "input_ids"], ["embeds"], axis=0)
+    residual = x
+    h = node("SimplifiedLayerNormalization", [x, init("ln_in_0", sd["model.layers.0.input_layernorm.weight"])],
+             ["h_in_0"], axis=-1, epsilon=eps, stash_type=1)
+    outputs_kv = []
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        wqkv = np.concatenate([sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"],
+                               sd[p + "self_attn.v_proj.weight"]], axis=0).T
+        qkv = node("MatMul", [h, init(f"qkv_{i}", wqkv)], [f"qkv_out_{i}"])
+        attn, pk, pv = node("GroupQueryAttention",
+                            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+                             "seqlens_k", "total_len", "cos_cache", "sin_cache"],
+                            [f"attn_{i}", f"present.{i}.key", f"present.{i}.value"], domain="com.microsoft",
+                            num_heads=n_heads, kv_num_heads=n_kv, do_rotary=1, rotary_interleaved=0,
+                            scale=float(head_dim) ** -0.5)
+        outputs_kv += [pk, pv]
+        o = node("MatMul", [attn, init(f"o_{i}", sd[p + "self_attn.o_proj.weight"].T)], [f"o_out_{i}"])
+        h2, _, _, residual = node("SkipSimplifiedLayerNormalization",
+                                  [o, residual, init(f"ln_post_{i}", sd[p + "post_attention_layernorm.weight"])],
+                                  [f"h_post_{i}", "", "", f"res_attn_{i}"], domain="com.microsoft", epsilon=eps)
+        gate = node("MatMul", [h2, init(f"gate_{i}", sd[p + "mlp.gate_proj.weight"].T)], [f"gate_out_{i}"])
+        up = node("MatMul", [h2, init(f"up_{i}", sd[p + "mlp.up_proj.weight"].T)], [f"up_out_{i}"])
+        sig = node("Sigmoid", [gate], [f"sig_{i}"])
+        act = node("Mul", [node("Mul", [gate, sig], [f"silu_{i}"]), up], [f"act_{i}"])
+        down = node("MatMul", [act, init(f"down_{i}", sd[p + "mlp.down_proj.weight"].T)], [f"down_out_{i}"])
+        norm_w = (sd[f"model.layers.{i + 1}.input_layernorm.weight"] if i + 1 < n_layers
+                  else sd["model.norm.weight"])
+        h, _, _, residual = node("SkipSimplifiedLayerNormalization", [down, residual, init(f"ln_next_{i}", norm_w)],
+                                 [f"h_next_{i}", "", "", f"res_mlp_{i}"], domain="com.microsoft", epsilon=eps)
+
+    # Last positions only when asked (prefill needs one row, scoring needs all of them).
+    node("Neg", ["logits_to_keep"], ["keep_start"])
+    h = node("Slice", [h, "keep_start", "ends_max", "axes_1"], ["h_kept"])
+    lm_head = sd.get("lm_head.weight", sd["model.embed_tokens.weight"])  # untied: its own copy
+    node("MatMul", [h, init("lm_head", lm_head.T)], ["logits"])
+
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch", "seq"]),
+              helper.make_tensor_value_info("attention_mask", i64, ["batch", "total_seq"])]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch", "kept_seq", cfg.vocab_size])]
+    for i in range(n_layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f32,
+                                                        ["batch", n_kv, "past_seq", head_dim]))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f32,
+                                                         ["batch", n_kv, "total_seq", head_dim]))
+    # A plain input (not an overridable initializer): IO binding can only bind graph inputs.
+    inputs.append(helper.make_tensor_value_info("logits_to_keep", i64, [1]))
+    graph = helper.make_graph(nodes, "ghost-lsp-llama-fused", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="ghost-lsp")
+    model.ir_version = 8
+    # GroupQueryAttention can append to a KV buffer in place when past and present share it;
+    # the engine sizes such buffers by this (the rotary tables cover as many positions).
+    helper.set_model_props(model, {KV_CAPACITY_KEY: str(max_pos)})
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+def quantize_nbits(src: str | Path, dst: str | Path, bits: int, block_size: int = 32) -> Path:
+    """Every MatMul (LM head included) to MatMulNBits: int8/int4 weights in blocks, symmetric,
+    int8 compute (accuracy_level 4); at 4 bits the embedding table too (GatherBlockQuantized)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    # GatherBlockQuantized is 4-bit only in onnxruntime's quantizer: at 8 bits the table stays fp32.
+    ops = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
+    q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=block_size, is_symmetric=True,
+                             accuracy_level=4, op_types_to_quantize=ops,
+                             quant_axes=(("MatMul", 0), ("Gather", 1)))
+    q.process()
+    q.model.save_model_to_file(str(dst), use_external_data_format=False)
+    return Path(dst)

@@ -1,0 +1,133 @@
+"""The fused export (modelkit/llama_graph.py): parity with PyTorch, int8/int4 MatMulNBits,
+last-position prefill logits, and every-position logits with a past (speculative decoding)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ghost_lsp.modelkit import export as ex
+
+
+@pytest.fixture(scope="module")
+def tiny_llama16(tmp_path_factory):
+    """tiny_hf_llama's shape with head_dim 16 (GroupQueryAttention needs a multiple of 8)."""
+    from ghost_lsp.modelkit.tiny import build_tiny_hf
+
+    return build_tiny_hf(tmp_path_factory.mktemp("tiny-llama16"), "llama", hidden=64)
+
+
+@pytest.fixture(scope="module")
+def fused_int8(tiny_llama16, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fused-int8")
+    report = ex.export_onnx(tiny_llama16, out, quantize="int8", graph="fused", manifest_fields={"name": "tiny-fused"})
+    return out, report
+
+
+def _torch_logits(hf_dir, ids):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def test_fused_int8_export_is_validated_and_packaged(fused_int8):
+    out, report = fused_int8
+    assert report["fp32_ok"] and report["fp32_max_abs_logit_diff"] < 1e-4
+    assert report["int8_ok"] and report["int8_greedy_agreement"] >= 0.9
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "ghost-lsp-model/1"
+    assert manifest["quantization"] == "int8-nbits" and manifest["info"]["graph"] == "fused"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"MatMulNBits", "GroupQueryAttention"} <= ops and "MatMul" not in ops  # LM head quantized too
+
+
+def test_fused_fp32_graph_matches_pytorch_at_every_position(tiny_llama16, tmp_path):
+    """Prefill, a multi-token chunk after a past (drafts), one-token steps, truncate_past."""
+    import onnxruntime as ort
+
+    from ghost_lsp.engine.onnx import Decoder
+    from ghost_lsp.modelkit.llama_graph import build_llama_graph
+
+    path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
+    dec = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), str(path))
+    ids = [int(i) for i in np.random.default_rng(1).integers(3, 300, 40)]
+    ref = _torch_logits(tiny_llama16, ids)
+    logits, past = dec.run(ids[:20], dec.empty_past())
+    assert logits.shape == (20, ref.shape[1]) and np.abs(logits - ref[:20]).max() < 1e-4
+    last, _ = dec.run(ids[:20], dec.empty_past(), last_only=True)
+    assert last.shape == (1, ref.shape[1]) and np.abs(last[0] - ref[19]).max() < 1e-4
+    chunk, past = dec.run(ids[20:30], past)
+    assert chunk.shape[0] == 10 and np.abs(chunk - ref[20:30]).max() < 1e-4
+    past = dec.truncate_past(past, 25)  # a rejected draft: resume after position 25
+    step, _ = dec.run([ids[25]], past)
+    assert np.abs(step[-1] - ref[25]).max() < 1e-4
+
+
+def test_fused_model_serves_through_the_engine(fused_int8, tiny_model_dir):
+    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.types import SamplingParams
+
+    out, _ = fused_int8
+    engine = OnnxEngine(out)
+    assert engine.decoder.can_keep_last and not OnnxEngine(tiny_model_dir).decoder.can_keep_last
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    a = engine.generate("def add(a, b):\n    return", params)
+    b = engine.generate("def add(a, b):\n    return", params)  # from the KV cache
+    assert a.token_ids and a.token_ids == b.token_ids
+    lp = engine.token_logprobs("def add(a, b):\n", "    return a")
+    assert len(lp) >= 2 and all(x <= 0 for x in lp)
+
+
+def test_fused_int4_and_unsupported_models(tiny_llama16, tiny_hf_llama, tmp_path):
+    # Random tiny weights have tiny logit margins: int4 agreement is low here (0.94 on the
+    # shipped model), so only the format is asserted.
+    report = ex.export_onnx(tiny_llama16, tmp_path / "int4", quantize="int4", graph="fused", min_agreement=0.0)
+    assert json.loads((tmp_path / "int4" / "manifest.json").read_text())["quantization"] == "int4-nbits"
+    assert 0.0 <= report["int8_greedy_agreement"] <= 1.0
+    import onnx
+
+    nodes = onnx.load(str(tmp_path / "int4" / "model.onnx")).graph.node
+    bits = {a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    assert bits == {4} and any(n.op_type == "GatherBlockQuantized" for n in nodes)
+    from ghost_lsp.modelkit.llama_graph import UnsupportedModel, build_llama_graph
+
+    with pytest.raises(UnsupportedModel, match="head_dim 12"):  # 48 hidden / 4 heads
+        build_llama_graph(tiny_hf_llama, tmp_path / "x.onnx")
+    cfg = json.loads((tiny_llama16 / "config.json").read_text())
+    bad = tmp_path / "scaled"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({**cfg, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
+    with pytest.raises(UnsupportedModel, match="rope_scaling"):
+        build_llama_graph(bad, tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="graph"):
+        ex.export_onnx(tiny_llama16, tmp_path / "y", graph="nope")
+
+
+def test_in_place_kv_buffers_never_overwrite_a_cache_handed_out(tiny_llama16, tmp_path):
+    """Branching from an older cache (the KV cache reusing a prefix) copies into new buffers."""
+    import onnxruntime as ort
+
+    from ghost_lsp.engine.onnx import Decoder
+    from ghost_lsp.modelkit.llama_graph import build_llama_graph
+
+    path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
+    dec = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), str(path))
+    assert dec.kv_capacity == 256  # the checkpoint's max_position_embeddings
+    ids = [int(i) for i in np.random.default_rng(2).integers(3, 300, 30)]
+    ref = _torch_logits(tiny_llama16, ids)
+    _, a = dec.run(ids[:20], dec.empty_past())
+    _, a1 = dec.run([ids[20]], a)  # in place: a1 extends a's buffer
+    assert a1["past_key_values.0.key"].base is a["past_key_values.0.key"].base
+    kept = {k: v.copy() for k, v in a1.items()}
+    other, b = dec.run([7, 8, 9], a)  # a branch from the shorter cache
+    assert b["past_key_values.0.key"].base is not a1["past_key_values.0.key"].base
+    assert all(np.array_equal(a1[k], kept[k]) for k in kept)  # untouched
+    step, _ = dec.run(ids[21:30], a1)
+    assert np.abs(step - ref[21:30]).max() < 1e-4
+    with pytest.raises(Exception, match="capacity"):
+        dec.run(list(range(3, 260)), dec.empty_past())
