@@ -218,3 +218,21 @@ def test_unknown_document_changes_keep_no_copy(env):
     assert tr.docs == {}
     tr.accept_command("never-shown")  # the command is still recorded
     assert events(store, path) == [("never-shown", "accepted", {"how": "command"})]
+
+
+def test_accepting_the_newest_suggestion_gives_older_typed_through_ones_no_credit(env):
+    """Typing through a suggestion keeps it followed while new ones are shown at the typing
+    point; the editor inserting the newest one is its accept, not a partial accept (or a second
+    accept) of the older ones."""
+    store, clock, tracker, path = env
+    tracker.shown(URI, "old", "return a + c", DOC, AT)
+    text = type_chars(tracker, clock, DOC, AT, "re")
+    tracker.shown(URI, "new", "turn a + b", text, AT + 2)
+    clock.t += 0.2
+    tracker.changed(URI, insert(text, AT + 2, "turn a + b"))  # the editor inserts the item
+    tracker.accept_command("new")
+    clock.t += 5
+    tracker.tick()
+    got = [(s, k, d) for s, k, d in events(store, path) if k != "survived"]
+    assert [(s, k) for s, k, _ in got] == [("old", "rejected"), ("new", "accepted")]
+    assert got[0][2]["reason"] == "replaced"

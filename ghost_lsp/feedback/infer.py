@@ -258,6 +258,15 @@ class Tracker:
         start, removed, inserted = self._locate(doc, old, new)
         for w in doc.watches:
             _move(w, start, removed, inserted)
+        if inserted and not removed and not _keystroke(inserted) and len(doc.pending) > 1:
+            # An editor accepting an item inserts the newest suggestion shown at that point;
+            # older ones the user was typing through were replaced by it: they get no credit
+            # for its characters (nor a second accept).
+            owner = next((p for p in reversed(doc.pending) if p.end == start and (
+                _complete(p.text, p.typed + inserted) or _on_track(p.text, p.typed + inserted))), None)
+            if owner is not None:
+                for p in [q for q in doc.pending if q is not owner]:
+                    self._resolve(doc, p, "replaced")
         for p in list(doc.pending):
             self._follow(doc, p, start, removed, inserted, now)
 
