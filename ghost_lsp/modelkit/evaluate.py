@@ -91,7 +91,7 @@ def evaluate_recipe(r, positions: int = 300, out_md: str | Path | None = None) -
     sample_prompt = pos[0].text[: pos[0].text.index("\n", 2000) if "\n" in pos[0].text[2000:] else 2000]
     rows = []
     fp32_dir = r.work / "eval-onnx"
-    for stage in ("teacher", "baseline", "student"):
+    for stage in ("teacher", "baseline", "student", "ditto"):
         ckpt = r.stage_dir(stage)
         if not (ckpt / "config.json").exists():
             print(f"skip {stage}: no checkpoint at {ckpt}", file=sys.stderr)
@@ -157,7 +157,7 @@ def write_card(r, rows: list[dict], notes: str = "") -> Path:
     man = json.loads((r.out / "manifest.json").read_text())
     corpus = json.loads((r.corpus_dir / "corpus.json").read_text())
     summaries = {}
-    for stage in ("teacher-first", "teacher", "baseline", "student"):
+    for stage in ("teacher-first", "teacher", "baseline", "student", "ditto"):
         f = r.stage_dir(stage) / "train_summary.json"
         if f.exists():
             summaries[stage] = json.loads(f.read_text())
@@ -169,7 +169,9 @@ def write_card(r, rows: list[dict], notes: str = "") -> Path:
         f"# {r.name}", "",
         "The default model of ghost-lsp: a small Llama-style Python code model trained with fill-in-the-middle,",
         "distilled from a larger teacher, exported to ONNX and quantized to int8. Built on two CPU cores from",
-        "source code on disk; no weights came from anywhere else.", "",
+        "source code on disk; no weights came from anywhere else."
+        + (" The shipped weights are the student after a repetition-penalised fine-tune (DITTO, see"
+           " below)." if man["info"].get("fine_tuned") else ""), "",
         f"Rebuild: `ghost-lsp model build models/recipes/{r.path.name}` (work files in `runs/{r.name}/`).", "",
         "## Format", "",
         f"- `model.onnx`: {man['architecture']} decoder with past key/values (optimum `text-generation-with-past`),"
@@ -203,7 +205,10 @@ def write_card(r, rows: list[dict], notes: str = "") -> Path:
         "Validation loss: nats/token on 64 fixed 256-token windows of the validation packages. The teacher ran"
         " twice (`teacher-first`, then `teacher` continued from its weights with a fresh schedule); `student` is"
         " distilled from the final teacher (KL at temperature 2 weighted 0.7 + cross-entropy 0.3); `baseline` is"
-        " the same student trained alone for the same number of steps.", "",
+        " the same student trained alone for the same number of steps."
+        + (" `ditto` is the student fine-tuned against repetition (modelkit/ditto.py: DITTO loss on synthetic"
+           " repeats mixed with next-token loss; its tokens/s counts both batches)." if "ditto" in summaries else ""),
+        "",
         "## Export and quantization", "",
         f"fp32 ONNX vs PyTorch: max |Δlogit| {val.get('fp32_max_abs_logit_diff', float('nan')):.2e} (tolerance 1e-3);"
         f" int8 greedy next-token agreement with PyTorch {val.get('int8_greedy_agreement', float('nan')):.1%}"

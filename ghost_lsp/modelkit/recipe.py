@@ -2,8 +2,9 @@
 
     ghost-lsp model corpus    RECIPE   download sdists, build the corpus (train/valid split by package)
     ghost-lsp model tokenizer RECIPE   train the byte-level BPE
-    ghost-lsp model train     RECIPE --stage teacher|student|baseline
-    ghost-lsp model package   RECIPE   export the student to ONNX, quantize, validate, write the card
+    ghost-lsp model train     RECIPE --stage teacher|student|baseline|ditto
+    ghost-lsp model package   RECIPE   export the student (or [export] source) to ONNX, quantize, validate
+    ghost-lsp model compare-loops LABEL=DIR ... --src DIR   loops/next-line/kept length side by side
     ghost-lsp model eval      RECIPE   the comparison table (loss, next-line accuracy, size, speed)
     ghost-lsp model build     RECIPE   all of the above in order
 
@@ -118,13 +119,17 @@ def stage_train(r: Recipe, stage: str) -> dict:
             first = TrainConfig.from_dict({**cfg, "name": "teacher"})
             train(first, r.corpus_dir, r.tokenizer_path, r.stage_dir("teacher-first"))
             cfg = {**cfg, **cont, "init_from": str(r.stage_dir("teacher-first"))}
+    elif stage == "ditto":
+        from ghost_lsp.modelkit.ditto import stage_ditto
+
+        return stage_ditto(r)
     elif stage in ("student", "baseline"):
         cfg = r.section("student")
         cfg.pop("teacher", None)
         if stage == "student":
             cfg["teacher"] = str(r.stage_dir("teacher"))
     else:
-        raise SystemExit(f"ghost-lsp: unknown stage {stage!r} (teacher, student, baseline)")
+        raise SystemExit(f"ghost-lsp: unknown stage {stage!r} (teacher, student, baseline, ditto)")
     cfg["name"] = stage
     return train(TrainConfig.from_dict(cfg), r.corpus_dir, r.tokenizer_path, r.stage_dir(stage))
 
@@ -133,12 +138,16 @@ def stage_package(r: Recipe) -> dict:
     from ghost_lsp.modelkit.export import export_onnx
 
     e = r.section("export")
-    student = r.stage_dir("student")
+    # `source`: the stage that ships (the student, or its DITTO fine-tune)
+    source = e.get("source", "student")
+    student = r.stage_dir(source)
     # tokenizer files beside the checkpoint let transformers/optimum load it as one folder
     for f in r.tokenizer_path.parent.iterdir():
         (student / f.name).write_bytes(f.read_bytes())
     corpus = json.loads((r.corpus_dir / "corpus.json").read_text())
     summary = json.loads((student / "train_summary.json").read_text())
+    student_summary = r.stage_dir("student") / "train_summary.json"
+    distilled = json.loads(student_summary.read_text()) if student_summary.exists() else {}
     info = {
         "recipe": str(r.path.relative_to(REPO)) if r.path.is_relative_to(REPO) else str(r.path),
         "corpus": {"totals": corpus["totals"],
@@ -146,8 +155,11 @@ def stage_package(r: Recipe) -> dict:
                                 if p["source"] != "stdlib"},
                    "stdlib_modules": sum(1 for p in corpus["packages"] if p["source"] == "stdlib")},
         "training": {k: summary.get(k) for k in ("params", "steps", "tokens_seen", "val_loss", "train_minutes")},
-        "distilled_from": summary["config"].get("teacher", ""),
+        "distilled_from": distilled.get("config", {}).get("teacher", ""),
     }
+    if source != "student":
+        info["fine_tuned"] = {"stage": source, "from": summary.get("init_from", ""),
+                              "settings": summary.get("config", {})}
     kwargs = {}
     if "min_agreement" in e:
         kwargs["min_agreement"] = float(e["min_agreement"])
@@ -176,7 +188,7 @@ def add_model_parsers(subparsers) -> None:
         sp.add_argument("--work", help="work folder (default runs/<name>)")
         sp.add_argument("--out", help="model folder to write (default models/<name>)")
         if name == "train":
-            sp.add_argument("--stage", required=True, choices=["teacher", "student", "baseline"])
+            sp.add_argument("--stage", required=True, choices=["teacher", "student", "baseline", "ditto"])
         if name == "corpus":
             sp.add_argument("--sdist-dir", help="use sdists already in this folder instead of downloading")
         if name == "eval":
@@ -188,6 +200,9 @@ def add_model_parsers(subparsers) -> None:
         add_model_export_parser(sub)
     except ImportError:
         pass
+    from ghost_lsp.modelkit.ditto import add_compare_parser
+
+    add_compare_parser(sub)
 
 
 def run_model_command(args: argparse.Namespace) -> int:
@@ -204,6 +219,9 @@ def run_model_command(args: argparse.Namespace) -> int:
     if cmd == "build":
         for stage in ("teacher", "student", "baseline"):
             stage_train(r, stage)
+        # the fine-tune runs in a build only when it is what ships; else `train --stage ditto` runs it
+        if r.data.get("ditto") and r.section("export").get("source") == "ditto":
+            stage_train(r, "ditto")
     if cmd in ("package", "build"):
         print(json.dumps(stage_package(r), indent=1, default=str))
     if cmd in ("eval", "build"):
