@@ -42,7 +42,7 @@ class ServeConfig:
     providers: list[str] | None = None  # onnxruntime providers; None = CUDA if available, else CPU
     threads: int | None = None
     target_utilisation: float = 0.75
-    max_wait_s: float | None = 0.25  # admission: expected wait for a batch slot (None = queue bound only)
+    max_wait_s: float | None = 0.1  # admission: expected wait for a batch slot (None = queue bound only)
     retry_after_s: int = 1
     extra: dict = field(default_factory=dict)
 

@@ -323,13 +323,23 @@ class Batcher:
             self._cv.notify()
 
     def expected_wait(self, waiting: int) -> float:
-        """Seconds the last of `waiting` queued sequences would wait for a batch slot: those
-        beyond the free slots, as a full batch frees max_batch slots per mean service time.
-        0 before any sequence finished (then only max_queue bounds the queue)."""
+        """Seconds the last of `waiting` queued sequences would wait for a batch slot.
+
+        Slots free as running rows finish: a row admitted t seconds ago is expected to finish
+        in (mean service time - t); the k-th sequence beyond the free slots takes the k-th
+        slot to free up (a full service time later for each further round). 0 before any
+        sequence finished (then only max_queue bounds the queue).
+        """
         beyond = waiting - (self.max_batch - len(self._batch.rows))
-        if beyond <= 0:
+        if beyond <= 0 or self._service_s == 0.0:
             return 0.0
-        return beyond * self._service_s / self.max_batch
+        now = time.monotonic()
+        rows = list(self._batch.rows)  # a snapshot: the scheduler thread changes the list
+        left = sorted(max(0.0, self._service_s - (now - (s.admitted_at or now))) for s in rows)
+        if not left:  # nothing running yet: the queue is admitted a batch at a time
+            return -(-beyond // self.max_batch) * self._service_s
+        rounds, k = divmod(beyond - 1, len(left))
+        return left[k] + rounds * self._service_s
 
     def utilisation(self) -> float:
         """Share of the last `window_s` seconds the model was running (0..1)."""

@@ -32,7 +32,7 @@ def add_serve_model_parser(sub, model_help: str) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, metavar="N", help="rows per decode step")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="sequences waiting beyond the batch; more → 429 with Retry-After")
-    p.add_argument("--max-wait-ms", type=float, default=250.0, metavar="MS",
+    p.add_argument("--max-wait-ms", type=float, default=100.0, metavar="MS",
                    help="refuse (429) a request expected to wait longer than this for a batch slot, so "
                         "admitted ones keep a full batch's latency; negative = queue up to --max-queue")
     p.add_argument("--no-batching", action="store_true", help="one sequence at a time (for comparison)")
