@@ -8,7 +8,7 @@ import pytest
 from ghost_lsp import bench_peers as bp
 
 FAST = (("fp32 fused", {"graph": "fused", "quantize": "none"}),
-        ("int8 fused (MatMulNBits)", {"graph": "fused", "quantize": "int8"}))
+        ("int8 fused (MatMulNBits)", {"graph": "fused", "quantize": "int8-nbits"}))
 
 
 def test_logits_check_passes_close_and_fails_far_or_misshapen():

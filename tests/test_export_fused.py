@@ -20,7 +20,8 @@ def tiny_llama16(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fused_int8(tiny_llama16, tmp_path_factory):
     out = tmp_path_factory.mktemp("fused-int8")
-    report = ex.export_onnx(tiny_llama16, out, quantize="int8", graph="fused", manifest_fields={"name": "tiny-fused"})
+    report = ex.export_onnx(tiny_llama16, out, quantize="int8-nbits", graph="fused",
+                            manifest_fields={"name": "tiny-fused"})
     return out, report
 
 
@@ -106,6 +107,19 @@ def test_fused_int4_and_unsupported_models(tiny_llama16, tiny_hf_llama, tmp_path
         build_llama_graph(bad, tmp_path / "x.onnx")
     with pytest.raises(ValueError, match="graph"):
         ex.export_onnx(tiny_llama16, tmp_path / "y", graph="nope")
+    with pytest.raises(ValueError, match="fused"):
+        ex.export_onnx(tiny_llama16, tmp_path / "y", quantize="int8-nbits")  # optimum graph
+
+
+def test_fused_default_int8_is_dynamic_and_validated(tiny_llama16, tmp_path):
+    report = ex.export_onnx(tiny_llama16, tmp_path / "dyn", graph="fused", min_agreement=0.5)
+    assert report["fp32_ok"] and report["int8_ok"] and report["int8_greedy_agreement"] >= 0.5
+    assert json.loads((tmp_path / "dyn" / "manifest.json").read_text())["quantization"] == "int8-dynamic"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "dyn" / "model.onnx")).graph.node}
+    # MatMulInteger + DynamicQuantizeLinear on disk; onnxruntime fuses them at load.
+    assert "MatMulInteger" in ops and "GroupQueryAttention" in ops and "MatMul" not in ops
 
 
 def test_in_place_kv_buffers_never_overwrite_a_cache_handed_out(tiny_llama16, tmp_path):

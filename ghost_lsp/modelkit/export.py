@@ -10,9 +10,9 @@ PyTorch where optimum's ORTQuantizer diverged; either way every quantized model 
 
 graph="fused" (Llama only) replaces the optimum export with modelkit/llama_graph.py's compact
 graph (GroupQueryAttention, untied LM head, optional last-position logits, KV appended in
-place) and quantizes its MatMuls to MatMulNBits (int8 or int4 weights, int8 compute) or, with
-quantize="int8-dynamic", DynamicQuantizeMatMul (faster prefill, slower decode); see
-`ghost-lsp bench --peers`. Same validation.
+place). quantize="int8" makes its MatMuls DynamicQuantizeMatMul (and the embedding int8);
+"int8-nbits"/"int4" make them MatMulNBits (int8/int4 weights, int8 compute: faster decode,
+slower prefill); see `ghost-lsp bench --peers`. Same validation.
 torch/transformers/optimum are imported inside the functions (the server imports nothing here).
 """
 
@@ -77,8 +77,10 @@ def _quantize(src: Path, dst: Path) -> Path:
     return dst
 
 
-# quantize= values -> (manifest quantization, how), per graph kind.
-QUANTIZE_CHOICES = ("int8", "int8-dynamic", "int4", "none")
+# quantize= values. "int8" = dynamic int8 on either graph: with the fused graph it gave the
+# shortest requests (256-token prompt + 16 or + 64 tokens) of every format `ghost-lsp bench
+# --peers` measured; MatMulNBits decodes a little faster but prefills ~1.5-2x slower.
+QUANTIZE_CHOICES = ("int8", "int8-dynamic", "int8-nbits", "int4", "none")
 
 
 def _quant_kind(quantize: str | None, graph: str) -> str | None:
@@ -86,11 +88,9 @@ def _quant_kind(quantize: str | None, graph: str) -> str | None:
         return None
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, not {quantize!r}")
-    if quantize == "int4" and graph != "fused":
-        raise ValueError("quantize 'int4' (MatMulNBits) needs graph='fused'")
-    if quantize == "int8":  # each graph's measured best int8
-        return "int8-nbits" if graph == "fused" else "int8-dynamic"
-    return "int4-nbits" if quantize == "int4" else quantize
+    if quantize in ("int4", "int8-nbits") and graph != "fused":
+        raise ValueError(f"quantize {quantize!r} (MatMulNBits) needs graph='fused'")
+    return {"int8": "int8-dynamic", "int4": "int4-nbits"}.get(quantize, quantize)
 
 
 def _quantize_kind(src: Path, dst: Path, kind: str, graph: str) -> Path:
@@ -183,8 +183,8 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
                 prompts: list[str] | None = None, graph: str = "optimum") -> dict:
     """Export, validate and package a local Hugging Face causal LM; return the validation report.
 
-    quantize: "int8" (the graph's best int8: dynamic for optimum, MatMulNBits for fused),
-    "int8-dynamic", "int4" (MatMulNBits) or None/"none". graph: "optimum" or "fused" (Llama
+    quantize: "int8" (= "int8-dynamic"), "int8-nbits" or "int4" (MatMulNBits, fused graph
+    only) or None/"none". graph: "optimum" or "fused" (Llama
     only, see llama_graph.py). tokenizer_json defaults to hf_dir/tokenizer.json.
     manifest_fields override manifest values (name, family, info, ...); `info` is merged.
     Raises ExportValidationError (out_dir untouched) when fp32 logits differ from PyTorch by
@@ -296,7 +296,7 @@ def add_model_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("hf_dir", metavar="HF_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--quantize", choices=list(QUANTIZE_CHOICES), default="int8",
-                   help="int8: dynamic on the optimum graph, MatMulNBits on the fused one")
+                   help="int8 = int8-dynamic; int8-nbits and int4 (MatMulNBits) need --graph fused")
     p.add_argument("--graph", choices=["optimum", "fused"], default="optimum",
                    help="fused: compact Llama graph (GroupQueryAttention, untied int8 LM head, "
                         "last-position prefill logits); see ghost-lsp bench --peers")
