@@ -145,3 +145,34 @@ def test_in_place_kv_buffers_never_overwrite_a_cache_handed_out(tiny_llama16, tm
     assert np.abs(step - ref[21:30]).max() < 1e-4
     with pytest.raises(Exception, match="capacity"):
         dec.run(list(range(3, 260)), dec.empty_past())
+
+
+def test_fused_model_in_the_batching_server_runs_one_sequence_at_a_time(fused_int8):
+    """The fused graph takes no position_ids, so left-padded rows cannot batch: the batcher
+    says so and serves one sequence per step (the same text as the engine)."""
+    import threading
+    import time
+
+    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.serving.batcher import Batcher, SeqParams, Sequence
+    from ghost_lsp.types import SamplingParams
+
+    out, _ = fused_int8
+    engine = OnnxEngine(out, reuse_kv=False)
+    batcher = Batcher(engine, max_batch=8, max_queue=8)
+    try:
+        assert batcher.max_batch == 1
+        parts, done = [], threading.Event()
+
+        def emit(ev):
+            parts.append(ev.text)
+            if ev.final:
+                done.set()
+
+        batcher.submit([Sequence(engine, engine.encode("def add(a, b):\n    return"), SeqParams(max_tokens=8,
+                                 temperature=0.0), time.monotonic() + 30, emit)])
+        assert done.wait(30)
+    finally:
+        batcher.close()
+    ref = engine.generate("def add(a, b):\n    return", SamplingParams(max_new_tokens=8, temperature=0.0))
+    assert "".join(parts) == ref.text

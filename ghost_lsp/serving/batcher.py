@@ -257,6 +257,8 @@ class _Batch:
             feed["position_ids"] = np.asarray([[self.length - p] for p in self.pad], dtype=dec.extra["position_ids"])
         elif any(self.pad):
             raise RuntimeError("padded batches need a graph with position_ids")
+        if dec.can_keep_last:
+            feed["logits_to_keep"] = np.array([1], dtype=np.int64)
         feed.update(self.cache)
         outs = dec.session.run(dec.output_names, feed)
         self.cache = {dec.present_to_past[n]: a for n, a in zip(dec.output_names[1:], outs[1:])}
@@ -280,6 +282,12 @@ class Batcher:
                  max_wait_s: float | None = None):
         self.engine = engine
         self.max_batch = max(1, max_batch) if batching else 1
+        if self.max_batch > 1 and "position_ids" not in engine.decoder.extra:
+            # Rows of different lengths are left-padded, which needs per-row positions; a graph
+            # without position_ids (the fused export) can only run one sequence at a time.
+            log.warning("this model graph takes no position_ids: batching is off (export it with "
+                        "--graph optimum to batch)")
+            self.max_batch = 1
         self.max_queue = max(1, max_queue)
         # Admission by expected queueing time: a request that would wait longer than this for a
         # batch slot is refused at once (429) rather than queued, so admitted requests keep the
