@@ -174,8 +174,11 @@ def write_card(r, rows: list[dict], notes: str = "") -> Path:
            " below)." if man["info"].get("fine_tuned") else ""), "",
         f"Rebuild: `ghost-lsp model build models/recipes/{r.path.name}` (work files in `runs/{r.name}/`).", "",
         "## Format", "",
-        f"- `model.onnx`: {man['architecture']} decoder with past key/values (optimum `text-generation-with-past`),"
-        f" {man['quantization']}, {(r.out / 'model.onnx').stat().st_size / 1e6:.1f} MB",
+        f"- `model.onnx`: {man['architecture']} decoder with past key/values ("
+        + ("the compact fused graph of `modelkit/llama_graph.py`: GroupQueryAttention with rotary, untied LM head, "
+           "last-position prefill logits, KV appended in place" if man["info"].get("graph") == "fused"
+           else "optimum `text-generation-with-past`")
+        + f"), {man['quantization']}, {(r.out / 'model.onnx').stat().st_size / 1e6:.1f} MB",
         f"- `tokenizer.json`: byte-level BPE, {summaries.get('student', {}).get('vocab_size', '?')} tokens,"
         " with `<|endoftext|>`, `<fim_prefix>`, `<fim_middle>`, `<fim_suffix>`, `<|pad|>`",
         f"- context {man['context_length']} tokens; prompt family `{man['family']}`"
