@@ -301,26 +301,13 @@ def train_ditto(cfg: DittoConfig, init_from: str | Path, corpus_dir: str | Path,
                 out_dir: str | Path, progress: bool = True, log=None) -> dict:
     """Fine-tune the checkpoint at init_from with the DITTO + CE mix; save to out_dir."""
     import torch
-    from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
     from ghost_lsp.modelkit.corpus import read_documents
-    from ghost_lsp.modelkit.train import (
-        Batcher,
-        eval_loss,
-        fixed_windows,
-        special_ids,
-        tokenize_split,
-    )
+    from ghost_lsp.modelkit.train import Batcher, eval_loss, fixed_windows, prepare_run, tokenize_split
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    tok = Tokenizer.from_file(str(tokenizer_path))
-    sp = special_ids(tok)
+    out, tok, sp = prepare_run(cfg, out_dir, tokenizer_path)
     model = AutoModelForCausalLM.from_pretrained(str(init_from), dtype=torch.float32)
     ctx = int(model.config.max_position_embeddings)
     train_tokens = tokenize_split(corpus_dir, "train", tokenizer_path)

@@ -194,9 +194,9 @@ def eval_loss(model, windows: np.ndarray, bf16: bool, batch: int = 16) -> float:
     return total / count
 
 
-def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, out_dir: str | Path,
-          progress: bool = True) -> dict:
-    """Train one model; returns a summary (also written to <out_dir>/train_summary.json)."""
+def prepare_run(cfg: TrainConfig, out_dir: str | Path, tokenizer_path: str | Path):
+    """What every training run sets up first: its output folder, torch threads and seed, the
+    tokenizer and its special ids. Returns (out folder, tokenizer, special ids)."""
     import torch
     from tokenizers import Tokenizer
 
@@ -206,7 +206,15 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     tok = Tokenizer.from_file(str(tokenizer_path))
-    sp = special_ids(tok)
+    return out, tok, special_ids(tok)
+
+
+def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, out_dir: str | Path,
+          progress: bool = True) -> dict:
+    """Train one model; returns a summary (also written to <out_dir>/train_summary.json)."""
+    import torch
+
+    out, tok, sp = prepare_run(cfg, out_dir, tokenizer_path)
     train_tokens = tokenize_split(corpus_dir, "train", tokenizer_path)
     valid_tokens = tokenize_split(corpus_dir, "valid", tokenizer_path)
     batcher = Batcher(train_tokens, cfg.context_length, sp, cfg.fim_rate, cfg.seed)
