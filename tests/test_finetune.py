@@ -4,7 +4,6 @@ manifest names its parent and data; rejects are not trained on; bad input is one
 import json
 from pathlib import Path
 
-
 from ghost_lsp.feedback.finetune import encode, read_export
 from ghost_lsp.modelkit.tiny import TINY_CORPUS
 
