@@ -99,8 +99,10 @@ class Settings:
     ngram_max_tokens: int = 400_000
     # Prompt-lookup speculative decoding: up to this many drafted tokens verified per model
     # call (engine/speculative.py); 0 = off. Same output (exactly with fp32 activations; dynamic
-    # int8 may flip near-ties), fewer model calls.
-    draft_tokens: int = 8
+    # int8 may flip near-ties), ~2x fewer model calls. Off by default: on the shipped model's fused
+    # graph a call is so cheap that verifying drafts costs what it saves (decode tokens/s x0.96,
+    # `ghost-lsp eval ngram`); 8 pays on optimum graphs (x1.17) and larger models.
+    draft_tokens: int = 0
 
 
 def _in_range(lo: float, hi: float):
