@@ -591,6 +591,11 @@ def run_peers(args) -> int:
     peers = set(args.peer_list.split(",")) if getattr(args, "peer_list", None) else {"llama.cpp", "onnxruntime-genai"}
     genai_python, genai_why = genai_builder_python(getattr(args, "genai_builder", None))
     sizes = set((getattr(args, "peer_models", None) or "shipped,20m").split(","))
+    bad = (peers - {"llama.cpp", "onnxruntime-genai"}) | (sizes - {"shipped", "20m"})
+    if bad:
+        print(f"ghost-lsp bench --peers: unknown name(s) {sorted(bad)}: peers are llama.cpp, onnxruntime-genai; "
+              "models are shipped, 20m", file=sys.stderr)
+        return 2
     results, meta = [], {"threads": threads, "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                          "command": " ".join(["ghost-lsp"] + sys.argv[1:])}
     with tempfile.TemporaryDirectory(prefix="ghost-peers-") as tmp:

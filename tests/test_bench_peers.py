@@ -100,3 +100,11 @@ def test_gguf_f32_logits_match_pytorch_in_llama_cpp(small_llama, tmp_path):
         assert bp.logits_check(ref, runner.prefill(ids))["ok"]
     finally:
         runner.close()
+
+
+def test_unknown_peer_or_model_names_are_refused(capsys):
+    from ghost_lsp import cli
+
+    assert cli.main(["bench", "--peers", "--peer-models", "shipped,huge", "--out", "/dev/null"]) == 2
+    assert "unknown name(s) ['huge']" in capsys.readouterr().err
+    assert cli.main(["bench", "--peers", "--peer-list", "vllm", "--out", "/dev/null"]) == 2

@@ -78,6 +78,9 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     from ghost_lsp.feedback.scripted import format_confusion, run
 
     if args.project:
+        if not Path(args.project).is_dir():
+            print(f"ghost-lsp sessions: {args.project}: not a folder", file=sys.stderr)
+            return 1
         files = project_files(args.project)
     else:
         from ghost_lsp.modelkit.tiny import TINY_CORPUS
