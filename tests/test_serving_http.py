@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,49 +15,17 @@ import openai
 import pytest
 
 from ghost_lsp.engine.onnx import OnnxEngine
+from ghost_lsp.serving.bench import free_port, server_log
+from ghost_lsp.serving.bench import start_model_server as start
+from ghost_lsp.serving.bench import stop_model_server as stop
 from ghost_lsp.types import SamplingParams
 
 TOKEN = "test-token-4f2c"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_model_server(model_dir, *args, token: str | None = TOKEN, timeout: float = 30.0):
-    """Start serve-model and wait (bounded) for /ready; returns (process, base URL)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "GHOST_LSP_SERVE_TOKEN"}
-    if token:
-        env["GHOST_LSP_SERVE_TOKEN"] = token
-    proc = subprocess.Popen([sys.executable, "-m", "ghost_lsp.cli", "serve-model", "--model", str(model_dir),
-                             "--port", str(port), "--threads", "1", "--log-level", "WARNING", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve-model exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/ready", timeout=1) as r:
-                if r.status == 200:
-                    return proc, url
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("serve-model not ready in time")
-
-
-def stop(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+def start_model_server(model_dir, *args, token: str | None = TOKEN):
+    """serve-model on one ONNX Runtime thread, with this file's token unless told otherwise."""
+    return start(model_dir, "--threads", "1", *args, token=token, timeout=30.0)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +34,7 @@ def server(tiny_model_dir_fp32):
                                    "--max-body-bytes", "20000")
     yield url
     stop(proc)
-    assert TOKEN not in proc.stderr.read().decode()  # the token is never logged
+    assert TOKEN not in server_log(proc)  # the token is never logged
 
 
 @pytest.fixture(scope="module")

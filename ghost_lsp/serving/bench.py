@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -26,28 +27,56 @@ PROMPTS = ["def read_lines(path):\n    with open(path) as f:\n", "class Stack:\n
            "import os\n\n\ndef walk(root):\n", "for i in range(10):\n    if i % 2 == 0:\n"]
 
 
-def _port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start(model: str, args: list[str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "ghost_lsp.cli", "serve-model", "--model", model,
+def start_model_server(model, *args: str, port: int | None = None, token: str | None = None,
+                       timeout: float = 60.0) -> tuple[subprocess.Popen, str]:
+    """Start `ghost-lsp serve-model` on 127.0.0.1 and wait (bounded) for /ready; returns the
+    process and its base URL. `token`: the bearer token it requires (None: no auth).
+
+    Its log goes to a temporary file (`server_log` reads it): a pipe nobody reads would block
+    the server once full.
+    """
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items() if k != "GHOST_LSP_SERVE_TOKEN"}
+    if token:
+        env["GHOST_LSP_SERVE_TOKEN"] = token
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "ghost_lsp.cli", "serve-model", "--model", str(model),
                              "--port", str(port), "--log-level", "WARNING", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={k: v for k, v in os.environ.items() if k != "GHOST_LSP_SERVE_TOKEN"})
+                            env=env, stdout=subprocess.DEVNULL, stderr=log)
+    proc.log_file = log
+    url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 60:
+    while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
-            raise SystemExit(f"serve-model exited: {proc.stderr.read().decode()[-1000:]}")
+            raise RuntimeError(f"serve-model exited: {server_log(proc)[-2000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1):
-                return proc
+            with urllib.request.urlopen(url + "/ready", timeout=1):
+                return proc, url
         except OSError:
-            time.sleep(0.2)
+            time.sleep(0.1)
     proc.kill()
-    raise SystemExit("serve-model did not become ready in 60 s")
+    raise RuntimeError(f"serve-model did not become ready in {timeout:g} s")
+
+
+def server_log(proc: subprocess.Popen) -> str:
+    """What a server started by start_model_server has logged so far."""
+    proc.log_file.seek(0)
+    return proc.log_file.read().decode(errors="replace")
+
+
+def stop_model_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def one(port: int, body: dict) -> tuple[int, float, int]:
@@ -131,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     # Without batching every queued request waits for all before it, so the wait-based admission
     # would refuse most of the 16-client load: "off" is bounded by the queue only, as a plain server.
     for mode, extra in (("off", ["--no-batching", "--max-wait-ms", "-1"]), ("on", [])):
-        port = _port()
-        proc = start(args.model, common + extra, port)
+        try:
+            proc, url = start_model_server(args.model, *common, *extra)
+        except RuntimeError as e:
+            print(f"serving bench: {e}", file=sys.stderr)
+            return 1
+        port = int(url.rsplit(":", 1)[1])
         try:
             load(port, 2, 1, 4)  # warm-up
             for c in levels:
@@ -149,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["server_refusal_p95_ms"] = server_refusal_p95_ms(port)
                 rows.append(r)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop_model_server(proc)
 
     print("| batching | clients | requests ok/sent | req/s | tokens/s | p50 ms | p95 ms | 429 p95 ms |")
     print("|---|---|---|---|---|---|---|---|")

@@ -4,9 +4,6 @@ model server; a killed server costs a bounded wait, and suggestions return when 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -16,31 +13,16 @@ import pytest
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, client_capabilities
 
+from ghost_lsp.serving.bench import free_port
+from ghost_lsp.serving.bench import start_model_server as start
+
 TOKEN = "e2e-remote-token"
 SOURCE = "def add(a, b):\n    return a + b\n\n\nclass Stack:\n    def push(self, item):\n        self.items.append(item)\n"
 SPOTS = [(1, "    return "), (6, "        self."), (5, "    def push(self, item):")]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_model_server(model: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "GHOST_LSP_SERVE_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, "-m", "ghost_lsp.cli", "serve-model", "--model", str(model),
-                             "--port", str(port), "--threads", "1", "--log-level", "WARNING"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 30:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("serve-model did not become ready")
+def start_model_server(model: Path, port: int):
+    return start(model, "--threads", "1", port=port, token=TOKEN, timeout=30.0)[0]
 
 
 def served_requests(port: int) -> float:
@@ -65,7 +47,7 @@ async def suggestions(lsp, uri):
 
 @pytest.mark.asyncio
 async def test_serve_with_remote_url(model_dir, tmp_path):
-    port = _port()
+    port = free_port()
     model_server = start_model_server(model_dir, port)
     # No local model: every suggestion must come from the model server.
     config = ClientServerConfig(server_command=[sys.executable, "-m", "ghost_lsp.cli", "serve",
