@@ -210,6 +210,8 @@ def build_parser(with_model: bool = False) -> tuple[argparse.ArgumentParser, lis
     p.add_argument("--version", action="version", version=f"ghost-lsp {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from ghost_lsp.context.explain import add_position_arguments
+
     model_help = f"model folder (default: $GHOST_LSP_MODEL or {default_model_dir()})"
     sp = sub.add_parser("serve", help="run the language server (stdio unless --tcp)")
     sp.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
@@ -223,10 +225,7 @@ def build_parser(with_model: bool = False) -> tuple[argparse.ArgumentParser, lis
     cp = sub.add_parser("complete", help="complete one position in a file, without an editor",
                         description="Run the server's completion pipeline on FILE at a position. "
                                     "LINE and COL are 1-based, as editors show them; COL counts characters.")
-    cp.add_argument("file", metavar="FILE")
-    cp.add_argument("--line", type=int, required=True, metavar="N", help="1-based line number")
-    cp.add_argument("--col", type=int, required=True, metavar="N", help="1-based column, in characters")
-    cp.add_argument("--model", metavar="DIR", help=model_help)
+    add_position_arguments(cp, model_help)
     cp.add_argument("--config", metavar="FILE", help="settings file, TOML or JSON")
     cp.add_argument("--json", action="store_true", help="print one JSON object")
     cp.add_argument("--n", type=int, metavar="K", help="candidates to generate (first greedy, others sampled)")

@@ -26,14 +26,20 @@ def find_root(path: Path) -> Path:
     return path.parent
 
 
-def add_prompt_parser(sub, model_help: str) -> argparse.ArgumentParser:
-    p = sub.add_parser("prompt", help="print the exact prompt for a position and what each context provider added",
-                       description="Build the prompt the server would send for FILE at LINE:COL (1-based) and "
-                                   "show each part's token count and what the budget dropped.")
+def add_position_arguments(p: argparse.ArgumentParser, model_help: str) -> None:
+    """FILE, --line, --col (1-based, as editors show them) and --model: the commands that run the
+    pipeline at one position of a file (`complete`, `prompt`)."""
     p.add_argument("file", metavar="FILE")
     p.add_argument("--line", type=int, required=True, metavar="N", help="1-based line number")
     p.add_argument("--col", type=int, required=True, metavar="N", help="1-based column, in characters")
     p.add_argument("--model", metavar="DIR", help=model_help)
+
+
+def add_prompt_parser(sub, model_help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser("prompt", help="print the exact prompt for a position and what each context provider added",
+                       description="Build the prompt the server would send for FILE at LINE:COL (1-based) and "
+                                   "show each part's token count and what the budget dropped.")
+    add_position_arguments(p, model_help)
     p.add_argument("--root", metavar="DIR", help="project folder to index (default: nearest with .git/pyproject.toml)")
     p.add_argument("--open", action="append", default=[], metavar="FILE",
                    help="a file to treat as open in the editor (repeatable; most recent first)")
