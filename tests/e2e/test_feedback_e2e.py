@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
-from test_server import SOURCE, db_rows, first_suggestion, inline, new_uri, open_doc, pos, start_server, stop_server, utf16_len
+from test_server import db_rows, pos, shown, start_server, stop_server, utf16_len
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -53,51 +53,43 @@ def type_text(lsp, uri: str, line: int, character: int, text: str, version: int)
     return version
 
 
+def event_detail(db, sid) -> dict:
+    """The detail of the suggestion's one event."""
+    (detail,) = db_rows(db, "SELECT detail FROM events WHERE suggestion_id = ?", (sid,))[0]
+    return json.loads(detail)
+
+
 def kinds(db, sid, want=1):
     return [k for (k,) in db_rows(db, "SELECT kind FROM events WHERE suggestion_id = ? ORDER BY id", (sid,), want=want)]
 
 
 async def test_typing_the_suggestion_without_accepting_is_typed_anyway(server, tmp_path_factory):
     lsp, db = server
-    uri = new_uri(tmp_path_factory)
-    open_doc(lsp, uri, SOURCE)
-    (line, prefix), item = await first_suggestion(lsp, uri, inline)
-    (sid,) = item.command.arguments
-    suggestion = item.insert_text[len(prefix):]
+    uri, line, prefix, item, sid, suggestion = await shown(lsp, tmp_path_factory)
     type_text(lsp, uri, line, utf16_len(prefix), suggestion, 1)
     assert kinds(db, sid) == ["typed_anyway"]
-    (detail,) = db_rows(db, "SELECT detail FROM events WHERE suggestion_id = ?", (sid,))[0]
-    assert json.loads(detail)["chars"] == len(suggestion)
+    assert event_detail(db, sid)["chars"] == len(suggestion)
 
 
 async def test_typing_something_else_is_rejected(server, tmp_path_factory):
     lsp, db = server
-    uri = new_uri(tmp_path_factory)
-    open_doc(lsp, uri, SOURCE)
-    (line, prefix), item = await first_suggestion(lsp, uri, inline)
-    (sid,) = item.command.arguments
-    suggestion = item.insert_text[len(prefix):]
+    uri, line, prefix, item, sid, suggestion = await shown(lsp, tmp_path_factory)
     other = "~" if not suggestion.startswith("~") else "`"
     type_text(lsp, uri, line, utf16_len(prefix), other + "x", 1)
     assert kinds(db, sid) == ["rejected"]
-    (detail,) = db_rows(db, "SELECT detail FROM events WHERE suggestion_id = ?", (sid,))[0]
-    assert json.loads(detail)["reason"] == "typed_other"
+    assert event_detail(db, sid)["reason"] == "typed_other"
 
 
 async def test_editor_inserting_the_item_then_the_command_is_one_accept(server, tmp_path_factory):
     lsp, db = server
-    uri = new_uri(tmp_path_factory)
-    open_doc(lsp, uri, SOURCE)
-    (line, prefix), item = await first_suggestion(lsp, uri, inline)
-    (sid,) = item.command.arguments
+    uri, line, prefix, item, sid, _ = await shown(lsp, tmp_path_factory)
     lsp.text_document_did_change(types.DidChangeTextDocumentParams(  # VS Code: replace the range
         text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
         content_changes=[types.TextDocumentContentChangePartial(range=item.range, text=item.insert_text)]))
     await lsp.workspace_execute_command_async(types.ExecuteCommandParams(command="ghost.accept", arguments=[sid]))
     await asyncio.sleep(3)  # past the grace in which the edit waits for the command
     assert kinds(db, sid) == ["accepted"]
-    (detail,) = db_rows(db, "SELECT detail FROM events WHERE suggestion_id = ?", (sid,))[0]
-    assert json.loads(detail)["how"] == "command"
+    assert event_detail(db, sid)["how"] == "command"
 
 
 # -- kill -9 during a burst of writes -------------------------------------------------------------

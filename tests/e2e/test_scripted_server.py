@@ -16,7 +16,7 @@ from lsprotocol import types
 
 from ghost_lsp.feedback.scripted import (LONG_WAITS, MULTILINE, NONE, SCENARIOS, Change, Close, Command, Show, Wait,
                                          build, strongest)
-from test_server import (SOURCE, SPOTS, db_rows, first_suggestion, inline, items, new_uri, open_doc, pos, start_server,
+from test_server import (SOURCE, SPOTS, db_rows, inline, items, pos, shown, start_server,
                          stop_server)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -75,11 +75,7 @@ async def test_scripted_sessions_through_the_server_agree_with_the_script(server
     rng = random.Random(7)
     results = []
     for scenario in LIVE * 2:
-        uri = new_uri(tmp_path_factory, f"{scenario}.py")
-        open_doc(lsp, uri, SOURCE)
-        (line, prefix), item = await first_suggestion(lsp, uri, inline)
-        (sid,) = item.command.arguments
-        suggestion = item.insert_text[len(prefix):]
+        uri, line, prefix, _, sid, suggestion = await shown(lsp, tmp_path_factory, f"{scenario}.py")
         cursor = sum(len(x) + 1 for x in SOURCE.split("\n")[:line]) + len(prefix)
         other = "zz_mine = 0" if not suggestion.startswith("z") else "yy_mine = 0"
         try:

@@ -149,6 +149,16 @@ async def first_suggestion(lsp, uri: str, ask, spots=SPOTS):
     pytest.fail(f"the model gave no suggestion at any of {spots}")
 
 
+async def shown(lsp, tmp_path_factory, name="m.py"):
+    """A new document holding SOURCE and the first suggestion the server shows in it:
+    (uri, line, prefix, item, suggestion id, suggestion text after the cursor)."""
+    uri = new_uri(tmp_path_factory, name)
+    open_doc(lsp, uri, SOURCE)
+    (line, prefix), item = await first_suggestion(lsp, uri, inline)
+    (sid,) = item.command.arguments
+    return uri, line, prefix, item, sid, item.insert_text[len(prefix):]
+
+
 async def test_capabilities(server):
     _, init, _ = server
     caps = init.capabilities
