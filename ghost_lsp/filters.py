@@ -300,13 +300,14 @@ def recurring(text: str, ctx: Context, phrase: int = 5, min_words: int = 3) -> t
         offset += len(line) + 1
     toks = [(m.start(), m.group()) for m in _LEX.finditer(text)]
     words = [t.lower() for _, t in toks]  # 'The value is' in one comment, 'the value is' in the next
+    is_word = [bool(re.match(r"[^\W\d]", w)) for w in words]
     counts: dict[tuple[str, ...], int] = {}
     for i in range(len(words) - phrase + 1):
         if best is not None and toks[i][0] >= best:
             break
-        gram = tuple(words[i:i + phrase])
-        if sum(1 for w in gram if re.match(r"[^\W\d]", w)) < min_words:
+        if sum(is_word[i:i + phrase]) < min_words:
             continue
+        gram = tuple(words[i:i + phrase])
         counts[gram] = counts.get(gram, 0) + 1  # overlapping copies count: 'name of the name of the name'
         if counts[gram] == 3:
             best = toks[i][0] if best is None else min(best, toks[i][0])
@@ -350,9 +351,9 @@ def indentation(text: str, ctx: Context) -> tuple[str, str | None]:
     lead = len(first) - len(first.lstrip(" \t"))
     if lead == 0 or not first.strip():
         return text, None
-    above = [l for l in ctx.prefix.split("\n")[:-1][-50:] if l.strip()]
-    if above and above[-1].rstrip().endswith((":", "{", "(", "[")) and \
-            _indent(line_prefix) <= _indent(above[-1]):
+    # the nearest non-blank line above (only the prefix's tail is split: this runs per candidate)
+    above = next((l for l in reversed(ctx.prefix.rsplit("\n", 51)[:-1][-50:]) if l.strip()), "")
+    if above.rstrip().endswith((":", "{", "(", "[")) and _indent(line_prefix) <= _indent(above):
         return text, None
     return text[lead:], "indent"
 
