@@ -428,24 +428,23 @@ class Batcher:
         chosen in one batched numpy call (the same tokens as one by one: see choose_tokens);
         rows still re-spelling a healed prompt tail have their own mask and go one by one."""
         plain = [i for i, s in enumerate(rows) if not s.remaining]
+        if len(plain) < 2:  # nothing to batch
+            return [s.consume(logits[i]) for i, s in enumerate(rows)]
         done = [False] * len(rows)
-        if len(plain) > 1:
-            seqs = [rows[i] for i in plain]
-            ps = [s.params for s in seqs]
-            fp = np.array([p.frequency_penalty for p in ps])
-            pp = np.array([p.presence_penalty for p in ps])
-            counts = np.stack([s.counts for s in seqs]) if fp.any() or pp.any() else None
-            toks, lps = choose_tokens(logits[plain], temperatures=np.array([p.temperature for p in ps]),
-                                      top_ps=np.array([p.top_p for p in ps]), counts=counts,
-                                      frequency_penalties=fp, presence_penalties=pp, mask=self.engine._allowed,
-                                      rngs=[s.rng for s in seqs])
-            for j, i in enumerate(plain):
-                done[i] = rows[i].take(int(toks[j]), float(lps[j]), logits[i], self.engine._allowed)
-            rest = [i for i in range(len(rows)) if i not in set(plain)]
-        else:
-            rest = range(len(rows))
-        for i in rest:
-            done[i] = rows[i].consume(logits[i])
+        seqs = [rows[i] for i in plain]
+        ps = [s.params for s in seqs]
+        fp = np.array([p.frequency_penalty for p in ps])
+        pp = np.array([p.presence_penalty for p in ps])
+        counts = np.stack([s.counts for s in seqs]) if fp.any() or pp.any() else None
+        toks, lps = choose_tokens(logits[plain], temperatures=np.array([p.temperature for p in ps]),
+                                  top_ps=np.array([p.top_p for p in ps]), counts=counts,
+                                  frequency_penalties=fp, presence_penalties=pp, mask=self.engine._allowed,
+                                  rngs=[s.rng for s in seqs])
+        for j, i in enumerate(plain):
+            done[i] = rows[i].take(int(toks[j]), float(lps[j]), logits[i], self.engine._allowed)
+        for i, s in enumerate(rows):
+            if s.remaining:  # still healing: its own mask
+                done[i] = s.consume(logits[i])
         return done
 
     def _decode(self) -> None:
