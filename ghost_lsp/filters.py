@@ -284,7 +284,7 @@ def recurring(text: str, ctx: Context, phrase: int = 5, min_words: int = 3) -> t
     Two copies stay (parallel branches and paired calls are normal code); the third is where
     small models' loops show up in practice (residual cases of the loop benchmark). Phrases
     compare case-insensitively and may overlap. Thresholds chosen on the loop benchmark: on real
-    held-out code it cuts 1.4-2.9 % of 4-line windows (parallel statements), shortening the
+    held-out code it cuts 1.3-2.9 % of 4-line windows (parallel statements), shortening the
     model's kept suggestions by under 1 % on average (README, "Filters").
     """
     best: int | None = None

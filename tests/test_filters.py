@@ -153,3 +153,14 @@ def test_recurring_counts_overlapping_phrase_copies():
     kept, why = recurring(text, ctx)
     assert why == "cycle" and kept == '"the name of the name of'
     assert recurring('"the name of the file"', ctx) == ('"the name of the file"', None)
+
+
+def test_loops_eval_counts_cycle_cuts_on_real_code():
+    from ghost_lsp.evals.loops import real_code_cuts
+
+    # a phrase's third copy, never back to back: only the recurring rule cuts it
+    parallel = "x = load(path, mode) + 1\nif ready:\n    y = 2 * load(path, mode)\nreturn load(path, mode)\n"
+    plain = "def f(x):\n    y = x + 1\n    return y\n\n"
+    got = real_code_cuts([("a.py", parallel + plain + "z = 0\n")])
+    assert got["windows"] == 2
+    assert got["recurring"] == 0.5 and got["other_cycle_rules"] == 0.0

@@ -34,10 +34,10 @@ from pathlib import Path
 
 from ghost_lsp.context import collect_context
 from ghost_lsp.evals import nextline
-from ghost_lsp.filters import FilterSettings, StopCheck, apply_filters
+from ghost_lsp.filters import FilterSettings, StopCheck, apply_filters, cycle, recurring
 from ghost_lsp.prompt import build_prompt
 from ghost_lsp.rank import ModelReranker, rank
-from ghost_lsp.types import SamplingParams
+from ghost_lsp.types import Context, SamplingParams
 
 DEFAULT_PACKAGES = ("boltons", "toolz")
 _LEX = re.compile(r"\w+|[^\w\s]")
@@ -88,10 +88,22 @@ def _first_line(text: str) -> str:
     return text.split("\n", 1)[0].rstrip()
 
 
+def real_code_cuts(files, lines: int = 4) -> dict:
+    """How often the cycle rules would cut the held-out code itself, in windows of `lines`
+    lines: real code is no loop, so every cut here is a false positive (parallel statements)."""
+    ctx = Context(prefix="", suffix="", path="held_out.py", language="python")
+    windows = [w for _, text in files for src in [text.split("\n")]
+               for w in ("\n".join(src[i:i + lines]) for i in range(0, max(0, len(src) - lines), lines)) if w.strip()]
+    n = max(1, len(windows))
+    return {"windows": len(windows),
+            "recurring": sum(recurring(w, ctx)[1] is not None for w in windows) / n,
+            "other_cycle_rules": sum(cycle(w, ctx, with_recurring=False)[1] is not None for w in windows) / n}
+
+
 def run(engine, files, *, positions: int, max_new: int, temperatures: list[float], reranker=None,
         sweep: list[tuple[float, float, float]], sweep_positions: int, seed: int = 0, log=print) -> dict:
     pos = nextline.sample_positions(files, positions, seed=seed)
-    res: dict = {"positions": len(pos), "files": len(files)}
+    res: dict = {"positions": len(pos), "files": len(files), "real_code_cuts": real_code_cuts(files)}
     no_conf = replace(FilterSettings(), confidence=False)
     no_rec = replace(FilterSettings(), recurring=False)  # ablation: the cycle rules without `recurring`
     rows = []
@@ -200,7 +212,10 @@ def format_report(r: dict) -> str:
             f"on loop prompts {r['tokens_raw_loop_prompts']} → {r['tokens_early_stop_loop_prompts']} "
             f"({pct(saved_l)} saved); kept text unchanged on {pct(r['early_stop_same_kept_text'])}",
             f"mean kept suggestion: {r['kept_chars_mean']:.1f} chars (without the recurring rule "
-            f"{r['kept_chars_mean_without_recurring']:.1f})", "",
+            f"{r['kept_chars_mean_without_recurring']:.1f})",
+            f"cycle rules on the held-out code itself ({r['real_code_cuts']['windows']} windows of 4 lines): "
+            f"the recurring rule cuts {pct(r['real_code_cuts']['recurring'])}, the other cycle rules "
+            f"{pct(r['real_code_cuts']['other_cycle_rules'])}", "",
             "| next-line | exact match | empty |", "|---|---|---|",
             f"| raw greedy | {pct(r['em_raw_greedy'])} | {pct(r['empty_raw'])} |",
             f"| greedy + filters (no confidence gate) | {pct(r['em_filters_no_confidence'])} | |",
