@@ -147,32 +147,56 @@ def test_in_place_kv_buffers_never_overwrite_a_cache_handed_out(tiny_llama16, tm
         dec.run(list(range(3, 260)), dec.empty_past())
 
 
-def test_fused_model_in_the_batching_server_runs_one_sequence_at_a_time(fused_int8):
-    """The fused graph takes no position_ids, so left-padded rows cannot batch: the batcher
-    says so and serves one sequence per step (the same text as the engine)."""
+def test_fused_model_batches_right_padded_rows_like_single_sequences(fused_int8, tiny_llama16, tmp_path):
+    """The fused graph takes no position_ids: the batcher right-pads its rows and GQA reads each
+    row's length from the mask. Prompts of different lengths, run together and joining a running
+    batch, give each the text the engine gives it alone (fp32 and the int8 model)."""
     import threading
     import time
 
     from ghost_lsp.engine.onnx import OnnxEngine
-    from ghost_lsp.serving.batcher import Batcher, SeqParams, Sequence
+    from ghost_lsp.serving.batcher import Batcher, SeqParams, Sequence, Stats
     from ghost_lsp.types import SamplingParams
 
-    out, _ = fused_int8
-    engine = OnnxEngine(out, reuse_kv=False)
-    batcher = Batcher(engine, max_batch=8, max_queue=8)
-    try:
-        assert batcher.max_batch == 1
-        parts, done = [], threading.Event()
+    fp32 = tmp_path / "fused-fp32"
+    ex.export_onnx(tiny_llama16, fp32, quantize="none", graph="fused", manifest_fields={"name": "tiny-fused32"})
+    prompts = ["def add(a, b):\n    return", "import os\n", "class Stack:\n    def push(self, item):\n        self.",
+               "x = 1\n" * 9 + "y = ", "for i in range(10):\n    print("]
 
-        def emit(ev):
-            parts.append(ev.text)
-            if ev.final:
-                done.set()
+    class Sizes(Stats):
+        sizes: list[int] = []
 
-        batcher.submit([Sequence(engine, engine.encode("def add(a, b):\n    return"), SeqParams(max_tokens=8,
-                                 temperature=0.0), time.monotonic() + 30, emit)])
-        assert done.wait(30)
-    finally:
-        batcher.close()
-    ref = engine.generate("def add(a, b):\n    return", SamplingParams(max_new_tokens=8, temperature=0.0))
-    assert "".join(parts) == ref.text
+        def batch(self, size, seconds, tokens):
+            self.sizes.append(size)
+
+    for model in (fp32, fused_int8[0]):
+        engine = OnnxEngine(model, reuse_kv=False)
+        stats = Sizes()
+        stats.sizes = []
+        batcher = Batcher(engine, max_batch=8, max_queue=16, stats=stats)
+        assert batcher.max_batch == 8
+        texts: dict[int, str] = {}
+        done = threading.Event()
+
+        def emitter(i, parts):
+            def emit(ev):
+                parts.append(ev.text)
+                if ev.final:
+                    texts[i] = "".join(parts)
+                    if len(texts) == 2 * len(prompts):
+                        done.set()
+            return emit
+
+        try:
+            for i, p in enumerate(prompts + prompts[::-1]):
+                batcher.submit([Sequence(engine, engine.encode(p), SeqParams(max_tokens=12, temperature=0.0),
+                                         time.monotonic() + 30, emitter(i, []))])
+                if i >= len(prompts):
+                    time.sleep(0.002)  # the second round joins a running batch
+            assert done.wait(30)
+        finally:
+            batcher.close()
+        ref = [engine.generate(p, SamplingParams(max_new_tokens=12, temperature=0.0)).text for p in prompts]
+        assert [texts[i] for i in range(2 * len(prompts))] == ref + ref[::-1], model.name
+        assert max(stats.sizes) >= 3, stats.sizes  # they really ran together
+        assert any(ref)

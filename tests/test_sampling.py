@@ -97,12 +97,14 @@ def test_seeded_runs_repeat():
 
 
 @pytest.mark.parametrize("top_p", [0.01, 0.5, 0.9, 0.95, 0.999])
-@pytest.mark.parametrize("scale", [0.3, 1.0, 4.0])
+@pytest.mark.parametrize("scale", [0.3, 1.0, 4.0, 60.0, "ties"])
 def test_partial_sort_nucleus_equals_the_full_sort(top_p, scale):
-    # Flat distributions (scale 0.3) need a nucleus of thousands: the widening path runs too.
-    rng = np.random.default_rng(int(top_p * 1000) + int(scale * 10))
+    # Flat distributions (scale 0.3) need a nucleus of thousands: the binned threshold runs;
+    # peaked ones (60): a nucleus of a token or two; "ties": logits on a coarse grid,
+    # so the nucleus ends inside a run of equal probabilities (lower ids first).
+    rng = np.random.default_rng(int(top_p * 1000) + (7 if scale == "ties" else int(scale * 10)))
     for _ in range(5):
-        logits = rng.normal(size=8192) * scale
+        logits = np.round(rng.normal(size=8192) * 2) / 2 if scale == "ties" else rng.normal(size=8192) * scale
         logits[rng.integers(0, 8192, 50)] = -np.inf  # masked tokens
         probs = np.exp(log_softmax(logits))
         got = top_p_filter(probs, top_p)

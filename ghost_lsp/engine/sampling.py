@@ -32,40 +32,12 @@ def apply_penalties(logits: np.ndarray, counts: np.ndarray, frequency_penalty: f
     return logits - (frequency_penalty * counts + presence_penalty * (counts > 0))
 
 
-def _nucleus_order(probs: np.ndarray, target: float) -> np.ndarray:
-    """Indices of the most probable tokens, most probable first (ties: lower index first),
-    enough of them for their mass to reach `target`.
-
-    A full stable argsort of an 8 k vocabulary costs ~1 ms per sampled token. Instead find,
-    by bisection over thresholds max(p)·2^-j, a threshold whose tokens already hold the mass,
-    and sort only those: every token at or above it is taken (ties included), so they are a
-    prefix of the full sort's order and the nucleus is the same.
-    """
-    pmax = float(probs.max())
-    lo, hi = 0, 64
-    if pmax <= 0.0 or probs[probs >= pmax * 2.0 ** -hi].sum() < target:
-        return np.argsort(-probs, kind="stable")
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if probs[probs >= pmax * 2.0 ** -mid].sum() >= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    top = np.flatnonzero(probs >= pmax * 2.0 ** -lo)
-    return top[np.argsort(-probs[top], kind="stable")]
-
-
 def top_p_filter(probs: np.ndarray, top_p: float) -> np.ndarray:
     """Keep the smallest set of most probable tokens whose mass reaches top_p; renormalise."""
     if top_p >= 1.0:
         return probs
-    total = float(np.sum(probs))
-    order = _nucleus_order(probs, top_p * total)
-    cum = np.cumsum(probs[order])
-    # The first index where the mass reaches top_p is included, so at least one token stays.
-    keep_n = min(len(order), int(np.searchsorted(cum, top_p * total, side="left")) + 1)
+    kept = _nucleus(probs, top_p * float(np.sum(probs)))
     out = np.zeros_like(probs)
-    kept = order[:keep_n]
     out[kept] = probs[kept]
     return out / out.sum()
 
@@ -79,6 +51,62 @@ def top_p_filter_sorted(probs: np.ndarray, top_p: float) -> np.ndarray:
     out = np.zeros_like(probs)
     out[order[:keep_n]] = probs[order[:keep_n]]
     return out / out.sum()
+
+
+# A full stable argsort of an 8 k vocabulary costs ~1 ms per sampled token; the nucleus needs
+# only the top of it. Every token at or above a threshold is taken (ties included), so if their
+# mass reaches the target they are a prefix of the full sort's order and the nucleus is the
+# same. Most rows' nucleus lies within 2^-8 of the most probable token (one comparison over
+# the vocabulary, then a small sort); for flatter rows one pass bins the mass by powers of two
+# below the maximum and the first bin that reaches the target gives the threshold.
+_FIRST_CUT = 8
+_BINS = 64
+
+
+def _nucleus(probs: np.ndarray, target: float) -> np.ndarray:
+    """Token ids of the nucleus (the most probable tokens, ties: lower index first, until their
+    mass reaches `target`), in ascending id order: the same set as the textbook full sort."""
+    pmax = float(probs.max())
+    order = cum = None
+    for cut in (_FIRST_CUT, None):
+        if pmax <= 0.0:
+            break
+        if cut is None:  # bin k holds the tokens with p / pmax in [2^-k, 2^(1-k))
+            _, e = np.frexp(probs / pmax)
+            mass = np.cumsum(np.bincount(np.clip(1 - e, 0, _BINS), weights=probs, minlength=_BINS + 1))
+            cut = int(np.searchsorted(mass, target, side="left"))
+            if cut >= _BINS:
+                break
+        cand = np.flatnonzero(probs >= pmax * 2.0 ** -cut)  # ascending ids: the stable tie order
+        order = cand[np.argsort(-probs[cand], kind="stable")]
+        cum = np.cumsum(probs[order])
+        if cum[-1] >= target:
+            break
+        order = None
+    if order is None:  # rounding at a bin's edge, or a tail past 2^-64: the full sort
+        order = np.argsort(-probs, kind="stable")
+        cum = np.cumsum(probs[order])
+    keep_n = min(len(order), int(np.searchsorted(cum, target, side="left")) + 1)
+    return np.sort(order[:keep_n])
+
+
+def _draw(probs: np.ndarray, top_p: float, u: float) -> tuple[int, float]:
+    """Inverse-CDF draw with the uniform number `u` from one row of probabilities, after
+    top-p; returns (token id, its log-prob under the distribution drawn from). Works on the
+    kept tokens only (no vocabulary-sized filtered copy): shared by choose_token and
+    choose_tokens so that a batched row draws what it would alone."""
+    kept = None
+    if top_p < 1.0:
+        kept = _nucleus(probs, top_p * float(np.sum(probs)))
+        p = probs[kept]
+        p = p / p.sum()
+    else:
+        p = probs
+    cum = np.cumsum(p)
+    j = min(int(np.searchsorted(cum, u * cum[-1], side="right")), len(p) - 1)
+    while p[j] == 0.0:  # float edge: landed on a zero after the last token with mass
+        j -= 1
+    return (int(kept[j]) if kept is not None else j), float(np.log(p[j]))
 
 
 def choose_token(logits: np.ndarray, *, temperature: float = 0.0, top_p: float = 1.0,
@@ -104,18 +132,11 @@ def choose_token(logits: np.ndarray, *, temperature: float = 0.0, top_p: float =
     if temperature <= 0.0:
         tok = int(np.argmax(penalised))
         return tok, float(log_softmax(raw)[tok])
-    logp = log_softmax(penalised / temperature)
-    probs = np.exp(logp)
-    probs = top_p_filter(probs, top_p)
+    probs = np.exp(log_softmax(penalised / temperature))
     if rng is None:
         rng = np.random.default_rng()
     # Inverse-CDF draw: one uniform number per step keeps seeded runs reproducible.
-    cum = np.cumsum(probs)
-    tok = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
-    tok = min(tok, len(probs) - 1)
-    while probs[tok] == 0.0:  # float edge: landed on a zeroed slot after the last kept one
-        tok -= 1
-    return tok, float(np.log(probs[tok]))
+    return _draw(probs, top_p, rng.random())
 
 
 def choose_tokens(logits: np.ndarray, *, temperatures: np.ndarray, top_ps: np.ndarray,
@@ -146,14 +167,6 @@ def choose_tokens(logits: np.ndarray, *, temperatures: np.ndarray, top_ps: np.nd
     if len(sampled):
         probs = np.exp(log_softmax(penalised[sampled] / temperatures[sampled, None]))
         for j, i in enumerate(sampled):
-            if top_ps[i] < 1.0:
-                probs[j] = top_p_filter(probs[j], float(top_ps[i]))
-        cum = np.cumsum(probs, axis=-1)
-        draws = np.array([(rngs[i] if rngs is not None else np.random.default_rng()).random() for i in sampled])
-        picked = np.minimum((cum <= (draws * cum[:, -1])[:, None]).sum(axis=-1), probs.shape[1] - 1)
-        for j, i in enumerate(sampled):
-            tok = int(picked[j])
-            while probs[j, tok] == 0.0:  # float edge, as in choose_token
-                tok -= 1
-            toks[i], lps[i] = tok, float(np.log(probs[j, tok]))
+            rng = rngs[i] if rngs is not None else np.random.default_rng()
+            toks[i], lps[i] = _draw(probs[j], float(top_ps[i]), rng.random())
     return toks, lps

@@ -4,11 +4,15 @@ One scheduler thread owns the ONNX session. Between decode steps it admits queue
 (each prefilled alone, batch 1, then merged into the running batch) and drops finished,
 cancelled or expired ones, so requests join and leave without waiting for each other.
 
-The running batch keeps one KV cache per layer shaped (batch, heads, Lmax, head_dim). Rows are
-left-padded to Lmax: row i holds `pad[i]` dead positions, masked with attention_mask = 0, and
-its position_ids count only its real tokens, so each row computes what it would alone. (With an
-fp32 model the greedy output is the same token for token; a dynamically quantized int8 model
-picks its activation scales over the whole batch, so its logits shift slightly with the batch.)
+The running batch keeps one KV cache per layer shaped (batch, heads, Lmax, head_dim); row i
+holds `pad[i]` dead positions, so each row computes what it would alone:
+- optimum graphs: rows are left-padded; the dead positions are masked with attention_mask = 0
+  and position_ids count only the real tokens;
+- fused graphs (modelkit/llama_graph.py, no position_ids): rows are right-padded; the mask's
+  row sum tells GroupQueryAttention each row's length, which places the new token's key/value
+  right after the row's real ones and takes its rotary position from that length.
+(With an fp32 model the greedy output is the same token for token; a dynamically quantized int8
+model picks its activation scales over the whole batch, so its logits shift slightly with it.)
 
 Per-sequence decoding (token healing, sampling, stop sequences) mirrors OnnxEngine._generate.
 """
@@ -189,21 +193,28 @@ class Sequence:
         return True
 
 
+def pads_right(decoder) -> bool:
+    """Rows of this graph are right-padded: it takes no position_ids, and its attention reads
+    each row's length from the mask (the fused export: logits_to_keep marks it)."""
+    return "position_ids" not in decoder.extra and "attention_mask" in decoder.extra and decoder.can_keep_last
+
+
 class _Batch:
-    """The running rows and their left-padded KV cache."""
+    """The running rows and their padded KV cache (left- or right-padded, per the graph)."""
 
     def __init__(self, decoder):
         self.dec = decoder
+        self.right = pads_right(decoder)
         self.rows: list[Sequence] = []
         self.pad: list[int] = []
         self.cache: dict[str, np.ndarray] = {}
         self.length = 0  # Lmax
 
-    def _pad_left(self, arr: np.ndarray, axis: int, n: int) -> np.ndarray:
+    def _pad(self, arr: np.ndarray, axis: int, n: int) -> np.ndarray:
         if n == 0:
             return arr
         widths = [(0, 0)] * arr.ndim
-        widths[axis] = (n, 0)
+        widths[axis] = (0, n) if self.right else (n, 0)
         return np.pad(arr, widths)
 
     def join(self, seq: Sequence, cache: dict[str, np.ndarray]) -> None:
@@ -213,11 +224,11 @@ class _Batch:
             return
         if n > self.length:
             grow = n - self.length
-            self.cache = {k: self._pad_left(v, self.dec.past[k][2], grow) for k, v in self.cache.items()}
+            self.cache = {k: self._pad(v, self.dec.past[k][2], grow) for k, v in self.cache.items()}
             self.pad = [p + grow for p in self.pad]
             self.length = n
         extra = self.length - n
-        self.cache = {k: np.concatenate([v, self._pad_left(cache[k], self.dec.past[k][2], extra)], axis=0)
+        self.cache = {k: np.concatenate([v, self._pad(cache[k], self.dec.past[k][2], extra)], axis=0)
                       for k, v in self.cache.items()}
         self.rows.append(seq)
         self.pad.append(extra)
@@ -237,7 +248,7 @@ class _Batch:
             v = v[idx]
             if trim:
                 sl = [slice(None)] * v.ndim
-                sl[self.dec.past[k][2]] = slice(trim, None)
+                sl[self.dec.past[k][2]] = slice(0, self.length - trim) if self.right else slice(trim, None)
                 v = v[tuple(sl)]
             out[k] = np.ascontiguousarray(v)
         self.cache = out
@@ -251,11 +262,15 @@ class _Batch:
         if "attention_mask" in dec.extra:
             mask = np.ones((b, self.length + 1), dtype=dec.extra["attention_mask"])
             for i, p in enumerate(self.pad):
-                mask[i, :p] = 0
+                if p:
+                    if self.right:
+                        mask[i, self.length + 1 - p:] = 0
+                    else:
+                        mask[i, :p] = 0
             feed["attention_mask"] = mask
         if "position_ids" in dec.extra:
             feed["position_ids"] = np.asarray([[self.length - p] for p in self.pad], dtype=dec.extra["position_ids"])
-        elif any(self.pad):
+        elif any(self.pad) and not self.right:
             raise RuntimeError("padded batches need a graph with position_ids")
         if dec.can_keep_last:
             feed["logits_to_keep"] = np.array([1], dtype=np.int64)
@@ -282,11 +297,11 @@ class Batcher:
                  max_wait_s: float | None = None):
         self.engine = engine
         self.max_batch = max(1, max_batch) if batching else 1
-        if self.max_batch > 1 and "position_ids" not in engine.decoder.extra:
-            # Rows of different lengths are left-padded, which needs per-row positions; a graph
-            # without position_ids (the fused export) can only run one sequence at a time.
-            log.warning("this model graph takes no position_ids: batching is off (export it with "
-                        "--graph optimum to batch)")
+        if self.max_batch > 1 and "position_ids" not in engine.decoder.extra and not pads_right(engine.decoder):
+            # Rows of different lengths are padded, which needs per-row positions: from
+            # position_ids (left padding) or from the mask's row sums (fused graphs).
+            log.warning("this model graph takes neither position_ids nor per-row lengths: batching "
+                        "is off (export it with --graph fused or optimum to batch)")
             self.max_batch = 1
         self.max_queue = max(1, max_queue)
         # Admission by expected queueing time: a request that would wait longer than this for a
@@ -408,7 +423,7 @@ class Batcher:
             for s in live:
                 s.admitted_at = time.monotonic()
             try:
-                logits, cache = self.engine.decoder.run(live[0].ids, self.engine.decoder.empty_past())
+                logits, cache = self.engine.decoder.run(live[0].ids, self.engine.decoder.empty_past(), last_only=True)
             except Exception:  # noqa: BLE001 - e.g. an input the graph rejects
                 log.exception("prefill failed")
                 for s in live:
