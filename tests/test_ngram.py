@@ -39,7 +39,7 @@ def test_contexts_never_span_documents():
 
 
 def test_hash_matches_the_tables():
-    toks = np.array([5, 6, 7, 8, 9])
+    toks = np.arange(5, 5 + MAX_CONTEXT + 1)
     t = NgramTable([toks])
     for k in range(1, MAX_CONTEXT + 1):
         h = t.orders[k - 1][0]  # distinct context hashes
@@ -74,13 +74,14 @@ def test_tier_weights_scale_counts():
 
 
 def test_mix_interpolates_and_leaves_unknown_contexts_alone():
-    t = NgramTable([np.array([1, 2, 1, 2, 1, 2])])
+    t = NgramTable([np.array([1, 2] * (MAX_CONTEXT + 2))])
     m = NgramModel([(t, 1.0)], vocab_size=4, weight=1.0)
     logits = np.array([0.0, 1.0, 0.0, 1.5])
     assert m.mix(logits, [3]) is logits  # no estimate: bit-identical model decoding
     stats = MixStats()
-    scores = m.mix(logits, [2, 1], stats=stats)
-    est = m.estimate([2, 1])
+    ctx = [2, 1] * (MAX_CONTEXT // 2)  # the longest context, seen often: λ near its top
+    scores = m.mix(logits, ctx, stats=stats)
+    est = m.estimate(ctx)
     lam = 1.0 * est.confidence
     p = np.exp(logits - logits.max())
     p /= p.sum()

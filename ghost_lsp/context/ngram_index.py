@@ -7,8 +7,9 @@ once the project index has listed its files, and rebuilt (debounced) after a fil
 changed on disk; only that file is tokenized again. Open and current documents are tokenized in
 chunks of lines with a small cache of chunk → tokens, so a keystroke re-tokenizes one chunk.
 
-Memory bound: at most `max_tokens` tokens in all (default 300,000); each token costs its 4-byte
-id plus at most BYTES_PER_TOKEN (64) bytes of table, so about 20 MB at the default. The current
+Memory bound: at most `max_tokens` tokens in all (the server's setting: 400,000); each token
+costs its 4-byte id plus at most BYTES_PER_TOKEN (160) bytes of table, so at most 66 MB (33 MB
+measured on 400,000 tokens of real code). The current
 document has first claim (up to a quarter of the bound), then open documents (up to another
 quarter), then project files in the index's order until the bound; files past it are skipped and
 counted (`stats()`). A single file over `max_file_tokens` is skipped too.

@@ -31,11 +31,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MAX_CONTEXT = 4  # context lengths 1..4: 5-grams at most
+# Context lengths 1..8 (9-grams at most). Code repeats long spans (call chains, argument lists,
+# whole statements): on packaging + pluggy + pyflakes (300 positions, neither trained on nor
+# held out) the mix's edit-similarity gain was +25 % at 4, +33 % at 6, +37 % at 8, +37 % at 10.
+MAX_CONTEXT = 8
 # Per-position multipliers of the context hash (odd 64-bit constants; fixed so tables and
 # queries agree across processes). Hash = sum_j (token[-1-j] + 1) * _MULT[j] mod 2**64.
 _MULT = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
-                  0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], dtype=np.uint64)
+                  0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x2CB0F69F4ABEA221, 0x9417034723148989],
+                 dtype=np.uint64)
 _MULT_INT = [int(m) for m in _MULT]
 _MASK = (1 << 64) - 1
 # Bytes a table may hold per token it was built from: at most one distinct context and one
