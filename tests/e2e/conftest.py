@@ -21,3 +21,12 @@ def model_dir(request, tmp_path_factory) -> Path:
         from ghost_lsp.modelkit.tiny import build_tiny_model
 
         return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(autouse=True)
+def _close_documents_after_each_test():
+    """Each test starts with no documents left open by the ones before (see test_server._OPENED)."""
+    yield
+    from test_server import close_opened_docs
+
+    close_opened_docs()

@@ -117,9 +117,27 @@ async def server(model_dir, tmp_path_factory):
     await stop_server(lsp)
 
 
+# Documents open_doc opened, closed after each test (tests/e2e/conftest.py): a module-scoped
+# server would otherwise keep every test's copy of SOURCE open, and its n-gram cache, fed by the
+# open documents, would then complete each spot with the text already there (which the suffix
+# rule rightly removes): tests must not depend on what earlier tests left open.
+_OPENED: list[tuple] = []
+
+
 def open_doc(lsp, uri: str, text: str, version: int = 1) -> None:
     lsp.text_document_did_open(types.DidOpenTextDocumentParams(
         text_document=types.TextDocumentItem(uri=uri, language_id="python", version=version, text=text)))
+    _OPENED.append((lsp, uri))
+
+
+def close_opened_docs() -> None:
+    while _OPENED:
+        lsp, uri = _OPENED.pop()
+        try:
+            lsp.text_document_did_close(types.DidCloseTextDocumentParams(
+                text_document=types.TextDocumentIdentifier(uri=uri)))
+        except Exception:  # noqa: BLE001 - that server is already gone
+            pass
 
 
 async def inline(lsp, uri: str, position: types.Position, timeout: float = 20):
