@@ -229,11 +229,11 @@ class NgramModel:
         if est is None:
             return logits
         lam = self.weight * est.confidence
-        x = np.asarray(logits, dtype=np.float64)
+        x = np.asarray(logits, dtype=np.float32)  # float32 as sampling.py (float64 exp is slow)
         m = x.max()
         lse = m + np.log(np.exp(x - m).sum())
         # log((1 - λ) p) everywhere, then the cache's tokens get their mixed mass
-        scores = x - lse + np.log1p(-lam)
+        scores = x - np.float32(lse - np.log1p(-lam))
         t = est.tokens
         scores[t] = np.log((1.0 - lam) * np.exp(x[t] - lse) + lam * est.weights)
         if stats is not None:
