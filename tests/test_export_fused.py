@@ -200,3 +200,41 @@ def test_fused_model_batches_right_padded_rows_like_single_sequences(fused_int8,
         assert [texts[i] for i in range(2 * len(prompts))] == ref + ref[::-1], model.name
         assert max(stats.sizes) >= 3, stats.sizes  # they really ran together
         assert any(ref)
+
+
+def test_one_token_steps_match_pytorch_after_any_switch_of_cache(tiny_llama16, tmp_path):
+    """A one-token step binds a fixed-width attention mask (ones up to the cache's length): its
+    logits match PyTorch while extending one cache, after switching to a shorter one (fresh
+    buffers) and back to a longer one, and through the engine's KV-cache reuse across edits."""
+    import onnxruntime as ort
+
+    from ghost_lsp.engine.onnx import Decoder, OnnxEngine
+    from ghost_lsp.modelkit.llama_graph import build_llama_graph
+    from ghost_lsp.types import SamplingParams
+
+    path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
+    dec = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), str(path))
+    ids = [int(i) for i in np.random.default_rng(5).integers(3, 300, 30)]
+    ref = _torch_logits(tiny_llama16, ids)
+
+    def steps(past, start, stop):
+        for i in range(start, stop):
+            logits, past = dec.run([ids[i]], past)
+            assert np.abs(logits[-1] - ref[i]).max() < 1e-4, i
+        return past
+
+    _, long = dec.run(ids[:10], dec.empty_past())
+    long = steps(long, 10, 20)
+    _, short = dec.run(ids[:5], dec.empty_past())
+    steps(short, 5, 12)
+    steps(long, 20, 25)
+
+    fp32 = tmp_path / "fused-fp32"
+    ex.export_onnx(tiny_llama16, fp32, quantize="none", graph="fused", manifest_fields={"name": "tiny-fused32"})
+    cached, fresh = OnnxEngine(fp32, kv_entries=3), OnnxEngine(fp32, reuse_kv=False)
+    doc = "def count_words(text):\n    counts = {}\n    for word in text.split():\n"
+    greedy = SamplingParams(max_new_tokens=10)
+    for prompt in (doc, doc + "        counts[word] = ", doc[:-5], doc.replace("text", "txt"), doc):
+        a, b = cached.generate(prompt, greedy, cache_key="a.py"), fresh.generate(prompt, greedy)
+        assert a.token_ids == b.token_ids, prompt
+    assert cached.kv_cache.stats()["hits"] >= 3

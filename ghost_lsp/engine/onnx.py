@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,29 @@ def session_options(threads: int | None = None, graph_optimization: str = "all")
     # faster here (1.58 vs 2.03 ms/token with 2 threads, spinning off vs on).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
+
+
+class BufferViews(Mapping):
+    """A cache held in a Decoder's in-place KV buffers: name -> a view of its first `length`
+    positions, made when first read. A decode step that only hands the cache back to the next
+    step then builds none of the 2 × layers views (~5 µs a step on the shipped model)."""
+
+    __slots__ = ("bufs", "length", "_lead", "_views")
+
+    def __init__(self, bufs: dict[str, np.ndarray], length: int, lead: dict[str, tuple]):
+        self.bufs, self.length, self._lead, self._views = bufs, length, lead, {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        view = self._views.get(name)
+        if view is None:
+            view = self._views[name] = self.bufs[name][self._lead[name] + (slice(0, self.length),)]
+        return view
+
+    def __iter__(self):
+        return iter(self.bufs)
+
+    def __len__(self) -> int:
+        return len(self.bufs)
 
 
 class Decoder:
@@ -149,13 +173,21 @@ class Decoder:
         # then writes the token id into place instead of wrapping new arrays (~25 µs a step).
         self._one_id = np.zeros((1, 1), dtype=self.input_ids_type)
         self._keep_one = np.ones(1, dtype=np.int64)
+        # The step's attention mask spans the whole buffer, ones up to the cache's length: the
+        # fused graph reads each row's length from the mask's sum, so a fixed shape gives the
+        # same logits (tested) and ONNX Runtime reuses its plans instead of meeting a new shape
+        # every step (0.231-0.254 -> 0.207-0.209 ms a step on the shipped model).
+        self._step_mask = np.zeros((1, max(1, self.kv_capacity)), dtype=self.extra.get("attention_mask", np.int64))
+        self._step_mask_len = 0
         self._fast_bound = False
         self._lead = {name: (slice(None),) * axis for name, (_, _, axis) in self.past.items()}
 
     def empty_past(self) -> dict[str, np.ndarray]:
         return {n: np.zeros(shape, dtype=dt) for n, (shape, dt, _) in self.past.items()}
 
-    def past_length(self, past: dict[str, np.ndarray]) -> int:
+    def past_length(self, past: Mapping[str, np.ndarray]) -> int:
+        if isinstance(past, BufferViews):
+            return past.length
         if not past:
             return 0
         name, (_, _, axis) = next(iter(self.past.items()))
@@ -205,9 +237,13 @@ class Decoder:
         total = past_len + len(ids)
         if total > self.kv_capacity:
             raise EngineError(f"{total} positions exceed the model's KV capacity ({self.kv_capacity})")
-        first = next(iter(self.past))
         bufs = self._bufs
-        if bufs is None or past_len != self._buf_len or past[first].base is not bufs[first]:
+        if isinstance(past, BufferViews):  # views of our own buffers: the latest cache, or not
+            fresh = past.bufs is not bufs or past_len != self._buf_len
+        else:
+            first = next(iter(self.past))
+            fresh = bufs is None or past_len != self._buf_len or past[first].base is not bufs[first]
+        if fresh:
             bufs = {}
             for name, (_, dtype, axis) in self.past.items():
                 shape = list(past[name].shape)
@@ -247,27 +283,30 @@ class Decoder:
             self.session.run_with_iobinding(binding)
             logits = binding.get_outputs()[0].numpy()[0]
         self._buf_len = total
-        cut = slice(0, total)
-        return logits, {name: bufs[name][lead + (cut,)] for name, lead in self._lead.items()}
+        return logits, BufferViews(bufs, total, self._lead)
 
     def _step_in_place(self, binding, token: int, total: int, bufs) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """One decoded token on the in-place buffers: the token id, logits_to_keep and the
-        logits row are bound by address once and rewritten in place; only the attention mask
-        (its length grows) is rebound each step."""
+        """One decoded token on the in-place buffers: the token id, the attention mask,
+        logits_to_keep and the logits row are bound by address once and rewritten in place."""
+        mask = self._step_mask
         if not self._fast_bound:
             binding.bind_input("input_ids", "cpu", 0, self._one_id.dtype, [1, 1], self._one_id.ctypes.data)
             binding.bind_input("logits_to_keep", "cpu", 0, np.int64, [1], self._keep_one.ctypes.data)
+            if "attention_mask" in self.extra:
+                binding.bind_input("attention_mask", "cpu", 0, mask.dtype, list(mask.shape), mask.ctypes.data)
             out = self._logits_row
             binding.bind_output(self.logits_name, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
             self._fast_bound = True
         self._one_id[0, 0] = token
-        if "attention_mask" in self.extra:
-            mask = self._ones
-            binding.bind_input("attention_mask", "cpu", 0, mask.dtype, [1, total], mask.ctypes.data)
+        if total == self._step_mask_len + 1:
+            mask[0, total - 1] = 1
+        else:  # another cache length than the last step's
+            mask[0, :total] = 1
+            mask[0, total:] = 0
+        self._step_mask_len = total
         self.session.run_with_iobinding(binding)
         self._buf_len = total
-        cut = slice(0, total)
-        return self._logits_row[0].copy(), {name: bufs[name][lead + (cut,)] for name, lead in self._lead.items()}
+        return self._logits_row[0].copy(), BufferViews(bufs, total, self._lead)
 
 
 def _visible_text(data: bytes) -> str:
