@@ -5,7 +5,8 @@
 Starts the real server twice (--no-batching, then batching), sends a bounded number of requests
 at 1, 4 and 16 concurrent clients, and prints one table: requests/s, generated tokens/s, p50/p95
 latency. Then an overload run at 1.5x the server's capacity (batch + queue): admitted requests'
-p95 and how fast the rest are refused (429). Every request has a bounded timeout; nothing waits
+p95 and how fast the rest are refused (429), as the loaded clients see it, as a separate client
+process sees it, and inside the server. Every request has a bounded timeout; nothing waits
 forever.
 """
 
@@ -79,8 +80,9 @@ def stop_model_server(proc: subprocess.Popen) -> None:
         proc.wait(5)
 
 
-def one(port: int, body: dict) -> tuple[int, float, int]:
-    """(status, seconds, completion tokens) of one request on its own connection."""
+def one(port: int, body: dict) -> tuple[int, float, int, float]:
+    """(status, seconds, completion tokens, Retry-After seconds or 0) of one request on its own
+    connection."""
     t0 = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
@@ -88,31 +90,56 @@ def one(port: int, body: dict) -> tuple[int, float, int]:
         resp = conn.getresponse()
         data = resp.read()
         toks = json.loads(data)["usage"]["completion_tokens"] if resp.status == 200 else 0
-        return resp.status, time.perf_counter() - t0, toks
+        try:
+            retry = float(resp.getheader("Retry-After") or 0)
+        except ValueError:
+            retry = 0.0
+        return resp.status, time.perf_counter() - t0, toks, retry
     finally:
         conn.close()
 
 
-def load(port: int, clients: int, per_client: int, max_tokens: int) -> dict:
-    """`clients` threads, each sending `per_client` requests back to back."""
+def load(port: int, clients: int, per_client: int, max_tokens: int, seconds: float | None = None) -> dict:
+    """`clients` threads, each sending `per_client` requests back to back; or, with `seconds`,
+    sending for that long, a refused client waiting the Retry-After the server asked for (as the
+    openai client does) before it asks again: a sustained load."""
+    end = time.monotonic() + seconds if seconds else None
+
     def client(c):
         out = []
-        for i in range(per_client):
+        for i in range(per_client if end is None else 10**9):
+            if end is not None and time.monotonic() >= end:
+                break
             body = {"prompt": PROMPTS[(c + i) % len(PROMPTS)], "max_tokens": max_tokens, "temperature": 0.8,
                     "seed": c * 1000 + i}
             out.append(one(port, body))
+            if end is not None and out[-1][0] != 200:
+                time.sleep(max(0.0, min(out[-1][3], end - time.monotonic())))
         return out
 
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         results = [r for rs in pool.map(client, range(clients)) for r in rs]
     wall = time.perf_counter() - t0
-    ok = sorted(s for st, s, _ in results if st == 200)
-    rejected = sorted(s for st, s, _ in results if st != 200)
+    ok = sorted(s for st, s, _, _ in results if st == 200)
+    rejected = sorted(s for st, s, _, _ in results if st != 200)
     return {"clients": clients, "requests": len(results), "ok": len(ok), "rejected": len(rejected),
-            "req_s": len(ok) / wall, "tok_s": sum(t for _, _, t in results) / wall,
+            "req_s": len(ok) / wall, "tok_s": sum(r[2] for r in results) / wall,
             "p50_ms": _pct(ok, 50) * 1000, "p95_ms": _pct(ok, 95) * 1000,
             "reject_p95_ms": _pct(rejected, 95) * 1000 if rejected else None}
+
+
+def probe(port: int, delay: float, seconds: float) -> list[tuple[int, float]]:
+    """(status, seconds) of one-token requests sent one after another for `seconds`, after
+    `delay`. Run in its own process during the overload: it times refusals as a client sees
+    them that is not itself one of 48 threads sharing one interpreter's lock."""
+    time.sleep(delay)
+    out, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        status, dt, _, _ = one(port, {"prompt": PROMPTS[0], "max_tokens": 1, "temperature": 0.8})
+        out.append((status, dt))
+        time.sleep(0.005)
+    return out
 
 
 def server_refusal_p95_ms(port: int) -> float | None:
@@ -177,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
             if mode == "on":
                 over = int(1.5 * (args.max_batch + args.max_queue))
-                r = load(port, over, 2, args.max_tokens)
+                with concurrent.futures.ProcessPoolExecutor(1) as side:
+                    probed = side.submit(probe, port, 0.5, 2.0)
+                    r = load(port, over, 0, args.max_tokens, seconds=3.0)
+                    probed = probed.result(timeout=120)
+                refused = sorted(dt for st, dt in probed if st != 200)
+                r["probe"] = {"requests": len(probed), "refused": len(refused),
+                              "refused_p95_ms": _pct(refused, 95) * 1000 if refused else None}
                 r["batching"] = "on, overload"
                 r["server_refusal_p95_ms"] = server_refusal_p95_ms(port)
                 rows.append(r)
@@ -192,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {rej} |")
     for r in rows:
         if r.get("server_refusal_p95_ms") is not None:
-            print(f"\noverload ({r['clients']} clients): refusals p95 {r['reject_p95_ms']:.1f} ms at the client, "
-                  f"<= {r['server_refusal_p95_ms']:g} ms inside the server")
+            pr = r["probe"]
+            at_probe = "-" if pr["refused_p95_ms"] is None else f"{pr['refused_p95_ms']:.1f} ms"
+            print(f"\noverload ({r['clients']} clients): refusals p95 {r['reject_p95_ms']:.1f} ms at the loaded "
+                  f"clients, {at_probe} at a client in its own process ({pr['refused']} of its "
+                  f"{pr['requests']} one-token requests refused), <= {r['server_refusal_p95_ms']:g} ms inside the server")
     on = {r["clients"]: r for r in rows if r["batching"] == "on"}
     off = {r["clients"]: r for r in rows if r["batching"] == "off"}
     top = max(levels)
