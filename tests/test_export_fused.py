@@ -238,3 +238,47 @@ def test_one_token_steps_match_pytorch_after_any_switch_of_cache(tiny_llama16, t
         a, b = cached.generate(prompt, greedy, cache_key="a.py"), fresh.generate(prompt, greedy)
         assert a.token_ids == b.token_ids, prompt
     assert cached.kv_cache.stats()["hits"] >= 3
+
+
+def test_in_place_batch_rows_join_and_leave_without_disturbing_the_others(tiny_llama16, tmp_path):
+    """The fused graph's in-place batch: rows of different lengths step together, a row leaving
+    moves the later ones down a slot, a row joining takes the next slot, and every step's logits
+    equal the single-sequence run of the same tokens."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+
+    from ghost_lsp.engine.onnx import Decoder
+    from ghost_lsp.modelkit.llama_graph import build_llama_graph
+    from ghost_lsp.serving.batcher import _InPlaceBatch
+
+    path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
+    dec = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), str(path))
+    rng = np.random.default_rng(9)
+    prompts = [[int(t) for t in rng.integers(3, 300, n)] for n in (7, 19, 3, 12)]
+    fed = [list(p) for p in prompts]
+    batch = _InPlaceBatch(dec, slots=4)
+    for i in range(3):
+        logits, cache = dec.run(prompts[i], dec.empty_past(), last_only=True)
+        batch.join(SimpleNamespace(i=i), cache)
+
+    def step_and_check():
+        for r in batch.rows:
+            r.next_token = int(rng.integers(3, 300))
+            fed[r.i].append(r.next_token)
+        got = batch.step()
+        for row, r in zip(got, batch.rows):
+            want, _ = dec.run(fed[r.i], dec.empty_past(), last_only=True)
+            assert np.abs(row - want[-1]).max() < 1e-4, r.i
+
+    for _ in range(3):
+        step_and_check()
+    batch.keep([0, 2])  # the middle row leaves: the last one moves into its slot
+    assert [r.i for r in batch.rows] == [0, 2] and batch.row_length(1) == len(fed[2])
+    step_and_check()
+    logits, cache = dec.run(prompts[3], dec.empty_past(), last_only=True)
+    batch.join(SimpleNamespace(i=3), cache)
+    for _ in range(3):
+        step_and_check()
+    batch.keep([])
+    assert batch.rows == []

@@ -233,6 +233,9 @@ class _Batch:
         self.rows.append(seq)
         self.pad.append(extra)
 
+    def row_length(self, i: int) -> int:
+        return self.length - self.pad[i]
+
     def keep(self, keep: list[int]) -> None:
         if len(keep) == len(self.rows):
             return
@@ -281,6 +284,97 @@ class _Batch:
         return outs[0][:, -1, :]
 
 
+class _InPlaceBatch:
+    """The running rows of a fused graph on the CPU, their caches in one preallocated buffer per
+    layer, (slots, kv_heads, capacity, head_dim), that past and present share through IO binding.
+
+    GroupQueryAttention appends each row's new key/value at that row's own length (the mask's
+    row sum), in place, so a step copies no cache (the padded batch's graph copies all of it
+    into a new present every step). Rows sit in slots 0..B-1, so the first B slots are one
+    contiguous block to bind; a row joins by copying its prefill cache into slot B and rows
+    leave by moving the ones after them down. The attention mask keeps its full width, ones up
+    to each row's length, so its shape changes only when B does.
+    """
+
+    def __init__(self, decoder, slots: int):
+        self.dec = decoder
+        cap = decoder.kv_capacity
+        self.slots = slots
+        self.bufs: dict[str, np.ndarray] = {}
+        for name, (shape, dtype, axis) in decoder.past.items():
+            full = list(shape)
+            full[0], full[axis] = slots, cap
+            self.bufs[name] = np.zeros(full, dtype=dtype)
+        self.axis = {name: axis for name, (_, _, axis) in decoder.past.items()}
+        self.mask = np.zeros((slots, cap), dtype=decoder.extra["attention_mask"])
+        self.ids = np.zeros((slots, 1), dtype=decoder.input_ids_type)
+        self.logits = np.zeros((slots, 1, decoder.vocab_size), dtype=np.float32)
+        self.keep_one = np.ones(1, dtype=np.int64)
+        self.lens = np.zeros(slots, dtype=np.int64)  # each row's cached positions
+        self.rows: list[Sequence] = []
+        self._binding = None
+        self._bound = -1  # the row count the binding's shapes are for
+
+    def row_length(self, i: int) -> int:
+        return int(self.lens[i])
+
+    def _slot(self, name: str, slot: int, n: int) -> tuple:
+        index = [slice(None)] * self.bufs[name].ndim
+        index[0], index[self.axis[name]] = slot, slice(0, n)
+        return tuple(index)
+
+    def join(self, seq: Sequence, cache) -> None:
+        b = len(self.rows)
+        if b >= self.slots:
+            raise RuntimeError(f"no free batch slot ({self.slots})")
+        n = self.dec.past_length(cache)
+        for name, buf in self.bufs.items():
+            buf[self._slot(name, b, n)] = cache[name][0]
+        self.mask[b] = 0
+        self.mask[b, :n] = 1
+        self.lens[b] = n
+        self.rows = self.rows + [seq]  # a new list: other threads read a snapshot of it
+
+    def keep(self, keep: list[int]) -> None:
+        if len(keep) == len(self.rows):
+            return
+        for j, i in enumerate(keep):  # keep is increasing, so slot j is free or already moved
+            if i != j:
+                n = int(self.lens[i])
+                for name, buf in self.bufs.items():
+                    buf[self._slot(name, j, n)] = buf[self._slot(name, i, n)]
+                self.mask[j] = self.mask[i]
+                self.lens[j] = n
+        self.rows = [self.rows[i] for i in keep]
+
+    def _bind(self, b: int) -> None:
+        dec = self.dec
+        binding = self._binding = dec.session.io_binding()
+        for present, name in dec.present_to_past.items():
+            buf = self.bufs[name]
+            shape = [b] + list(buf.shape[1:])
+            binding.bind_input(name, "cpu", 0, buf.dtype, shape, buf.ctypes.data)
+            binding.bind_output(present, "cpu", 0, buf.dtype, shape, buf.ctypes.data)
+        binding.bind_input("input_ids", "cpu", 0, self.ids.dtype, [b, 1], self.ids.ctypes.data)
+        binding.bind_input("attention_mask", "cpu", 0, self.mask.dtype, [b, self.mask.shape[1]],
+                           self.mask.ctypes.data)
+        binding.bind_input("logits_to_keep", "cpu", 0, np.int64, [1], self.keep_one.ctypes.data)
+        binding.bind_output(dec.logits_name, "cpu", 0, np.float32, [b, 1, self.logits.shape[2]],
+                            self.logits.ctypes.data)
+        self._bound = b
+
+    def step(self) -> np.ndarray:
+        """One decode step for every row; returns logits (rows, vocab)."""
+        b = len(self.rows)
+        if b != self._bound:
+            self._bind(b)
+        self.ids[:b, 0] = [r.next_token for r in self.rows]
+        self.mask[np.arange(b), self.lens[:b]] = 1  # the position the new token takes
+        self.dec.session.run_with_iobinding(self._binding)
+        self.lens[:b] += 1
+        return self.logits[:b, 0, :].copy()
+
+
 class Stats:
     """Hooks the metrics layer fills in; all no-ops by default."""
 
@@ -314,7 +408,13 @@ class Batcher:
         self.context_length = engine.manifest.context_length
         self._pending: collections.deque[list[Sequence]] = collections.deque()
         self._cv = threading.Condition()
-        self._batch = _Batch(engine.decoder)
+        dec = engine.decoder
+        # A fused graph on the CPU keeps the batch's caches in place (n ≤ 8 sequences of one
+        # request share a prompt, so there are at least 8 slots even without batching).
+        self._batch = (_InPlaceBatch(dec, max(self.max_batch, 8)) if pads_right(dec) and dec.kv_capacity
+                       else _Batch(dec))
+        if isinstance(self._batch, _InPlaceBatch):
+            self.context_length = min(self.context_length, dec.kv_capacity)
         self._stop = False
         self._busy: collections.deque[tuple[float, float]] = collections.deque()  # (end, seconds)
         self._window = window_s
@@ -471,7 +571,7 @@ class Batcher:
                 s.done = True
             elif now >= s.deadline:
                 s.finish("deadline")
-            elif b.length - b.pad[i] + 1 > self.context_length:
+            elif b.row_length(i) + 1 > self.context_length:
                 s.finish("length")  # context window full
             if not s.done:
                 keep.append(i)
