@@ -10,7 +10,9 @@ holds `pad[i]` dead positions, so each row computes what it would alone:
   and position_ids count only the real tokens;
 - fused graphs (modelkit/llama_graph.py, no position_ids): rows are right-padded; the mask's
   row sum tells GroupQueryAttention each row's length, which places the new token's key/value
-  right after the row's real ones and takes its rotary position from that length.
+  right after the row's real ones and takes its rotary position from that length. On the CPU
+  (_InPlaceBatch) the rows' caches live in preallocated buffers that GroupQueryAttention appends
+  to in place, so a step copies no cache.
 (With an fp32 model the greedy output is the same token for token; a dynamically quantized int8
 model picks its activation scales over the whole batch, so its logits shift slightly with it.)
 
