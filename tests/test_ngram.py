@@ -141,6 +141,7 @@ def test_edited_documents_equal_a_fresh_build():
     fresh.set_current("doc.py", edited[:3000], edited[3000:])
     fresh.set_open({"o.py": edited})
     assert tables_equal(ws._current[2], fresh._current[2]) and tables_equal(ws._open, fresh._open)
+    assert tables_equal(ws._current_rest[2], fresh._current_rest[2])
     chunks = ChunkTokenizer(byte_encode)
     chunks(text)
     assert np.array_equal(chunks(edited), ChunkTokenizer(byte_encode)(edited))
@@ -216,3 +217,31 @@ def test_settings_turn_the_cache_off_and_on():
         assert a.ngrams is None and a.draft_tokens == 0
     finally:
         ws.stop()
+
+
+def test_a_keystroke_rebuilds_only_the_cursors_chunk_of_the_current_document():
+    """The current document is the cursor's CHUNK_LINES-line chunk plus the rest: typing inside
+    the chunk keeps the rest's table, leaving the chunk rebuilds it, and the two together count
+    what one table over the document split at the cursor counts (n-grams across the chunk's
+    edges included: each table has the tokens beyond its edge as context)."""
+    from ghost_lsp.context.ngram_index import CHUNK_LINES
+
+    text = "".join(f"row_{i} = fn({i})\n" for i in range(4 * CHUNK_LINES))
+    ws = WorkspaceNgrams(byte_encode, 256)
+    at = text.index("row_50 = ") + 4
+    ws.set_current("doc.py", text[:at], text[at:])
+    rest = ws._current_rest[2]
+    typed = text[:at] + "5"
+    ws.set_current("doc.py", typed, text[at:])  # a keystroke in the same chunk
+    assert ws._current_rest[2] is rest
+    assert ws._current[2].count_of(list(b"row_5"), ord("5")) == 1  # the typed text counts at once
+    at2 = text.index("row_100 = ")
+    ws.set_current("doc.py", text[:at2], text[at2:])  # another chunk
+    assert ws._current_rest[2] is not rest
+    whole = NgramTable([np.asarray(byte_encode(text[:at2]), np.int32), np.asarray(byte_encode(text[at2:]), np.int32)])
+    model = ws.model(0.6)
+    for ctx in (list(b"row_1"), list(b"= fn("), list(b"_7"), list(b"row_10"), list(b"9)\nrow_"), list(b"\nrow_8")):
+        for tok in b"0123456789 =":
+            want = whole.count_of(ctx, tok)
+            got = sum(t.count_of(ctx, tok) for t, _ in model.tiers)
+            assert got == want, (bytes(ctx), chr(tok))

@@ -61,32 +61,36 @@ def context_hashes(context: list[int] | np.ndarray, k_max: int) -> list[int]:
     return out
 
 
-def _pairs(tokens: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(context hash, next token) for every position of one document with k tokens before it."""
+def _pairs(tokens: np.ndarray, k: int, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(context hash, next token) for every position of one document with k tokens before it,
+    from position `first` on (the tokens before it serve as context only)."""
     n = len(tokens)
-    if n <= k:
+    if n <= k or n <= first:
         return np.empty(0, np.uint64), np.empty(0, np.int32)
     t = tokens.astype(np.uint64) + np.uint64(1)
     h = np.zeros(n - k, dtype=np.uint64)
     for j in range(k):
         h += t[k - 1 - j:n - 1 - j] * _MULT[j]  # wraps mod 2**64, like context_hash
-    return h, tokens[k:].astype(np.int32)
+    skip = max(0, first - k)
+    return h[skip:], tokens[k + skip:].astype(np.int32)
 
 
 class NgramTable:
     """Counts of (k-token context, next token) for k = 1..MAX_CONTEXT over some documents.
 
-    Contexts never span two documents. Immutable once built.
+    Contexts never span two documents. A document may be given as (tokens, first): its tokens
+    before `first` are context only (they are counted in another table). Immutable once built.
     """
 
-    def __init__(self, docs: list[np.ndarray] | tuple = ()):
-        self.tokens = int(sum(len(d) for d in docs))
+    def __init__(self, docs: list | tuple = ()):
+        docs = [d if isinstance(d, tuple) else (d, 0) for d in docs]
+        self.tokens = int(sum(max(0, len(d) - first) for d, first in docs))
         self.docs = len(docs)
         # per order: distinct context hashes (sorted), where each one's pairs start (+ the end),
         # and the pairs' next tokens and counts
         self.orders: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for k in range(1, MAX_CONTEXT + 1):
-            parts = [_pairs(np.asarray(d), k) for d in docs]
+            parts = [_pairs(np.asarray(d), k, first) for d, first in docs]
             h = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.uint64)
             nxt = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int32)
             if len(h):
