@@ -18,7 +18,8 @@ from lsprotocol import types
 
 from test_server import db_rows, pos, shown, start_server, stop_server, utf16_len
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The async tests share the module-scoped server's event loop; the kill -9 test is plain.
+in_server_loop = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,7 @@ def kinds(db, sid, want=1):
     return [k for (k,) in db_rows(db, "SELECT kind FROM events WHERE suggestion_id = ? ORDER BY id", (sid,), want=want)]
 
 
+@in_server_loop
 async def test_typing_the_suggestion_without_accepting_is_typed_anyway(server, tmp_path_factory):
     lsp, db = server
     uri, line, prefix, item, sid, suggestion = await shown(lsp, tmp_path_factory)
@@ -71,6 +73,7 @@ async def test_typing_the_suggestion_without_accepting_is_typed_anyway(server, t
     assert event_detail(db, sid)["chars"] == len(suggestion)
 
 
+@in_server_loop
 async def test_typing_something_else_is_rejected(server, tmp_path_factory):
     lsp, db = server
     uri, line, prefix, item, sid, suggestion = await shown(lsp, tmp_path_factory)
@@ -80,6 +83,7 @@ async def test_typing_something_else_is_rejected(server, tmp_path_factory):
     assert event_detail(db, sid)["reason"] == "typed_other"
 
 
+@in_server_loop
 async def test_editor_inserting_the_item_then_the_command_is_one_accept(server, tmp_path_factory):
     lsp, db = server
     uri, line, prefix, item, sid, _ = await shown(lsp, tmp_path_factory)
