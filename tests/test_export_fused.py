@@ -147,16 +147,23 @@ def test_in_place_kv_buffers_never_overwrite_a_cache_handed_out(tiny_llama16, tm
         dec.run(list(range(3, 260)), dec.empty_past())
 
 
-def test_fused_model_batches_right_padded_rows_like_single_sequences(fused_int8, tiny_llama16, tmp_path):
+@pytest.mark.parametrize("in_place", [True, False])
+def test_fused_model_batches_right_padded_rows_like_single_sequences(fused_int8, tiny_llama16, tmp_path,
+                                                                     monkeypatch, in_place):
     """The fused graph takes no position_ids: the batcher right-pads its rows and GQA reads each
     row's length from the mask. Prompts of different lengths, run together and joining a running
-    batch, give each the text the engine gives it alone (fp32 and the int8 model)."""
+    batch, give each the text the engine gives it alone (fp32 and the int8 model): with the
+    caches in place, and padded per step (what a model too large for the in-place buffers gets)."""
     import threading
     import time
 
     from ghost_lsp.engine.onnx import OnnxEngine
-    from ghost_lsp.serving.batcher import Batcher, SeqParams, Sequence, Stats
+    from ghost_lsp.serving import batcher as batcher_module
+    from ghost_lsp.serving.batcher import Batcher, SeqParams, Sequence, Stats, _InPlaceBatch
     from ghost_lsp.types import SamplingParams
+
+    if not in_place:
+        monkeypatch.setattr(batcher_module, "IN_PLACE_MAX_BYTES", 0)
 
     fp32 = tmp_path / "fused-fp32"
     ex.export_onnx(tiny_llama16, fp32, quantize="none", graph="fused", manifest_fields={"name": "tiny-fused32"})
@@ -174,7 +181,7 @@ def test_fused_model_batches_right_padded_rows_like_single_sequences(fused_int8,
         stats = Sizes()
         stats.sizes = []
         batcher = Batcher(engine, max_batch=8, max_queue=16, stats=stats)
-        assert batcher.max_batch == 8
+        assert batcher.max_batch == 8 and isinstance(batcher._batch, _InPlaceBatch) == in_place
         texts: dict[int, str] = {}
         done = threading.Event()
 
@@ -257,7 +264,7 @@ def test_in_place_batch_rows_join_and_leave_without_disturbing_the_others(tiny_l
     rng = np.random.default_rng(9)
     prompts = [[int(t) for t in rng.integers(3, 300, n)] for n in (7, 19, 3, 12)]
     fed = [list(p) for p in prompts]
-    batch = _InPlaceBatch(dec, slots=4)
+    batch = _InPlaceBatch(dec, slots=4, capacity=dec.kv_capacity)
     for i in range(3):
         logits, cache = dec.run(prompts[i], dec.empty_past(), last_only=True)
         batch.join(SimpleNamespace(i=i), cache)

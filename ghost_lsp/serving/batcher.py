@@ -38,6 +38,9 @@ from ghost_lsp.engine.sampling import choose_token, choose_tokens, log_softmax
 log = logging.getLogger(__name__)
 
 
+IN_PLACE_MAX_BYTES = 2 << 30  # the in-place batch's KV buffers at most (all slots, full context)
+
+
 class QueueFull(Exception):
     """The bounded queue is full: answer 429 with Retry-After instead of queueing."""
 
@@ -298,9 +301,9 @@ class _InPlaceBatch:
     to each row's length, so its shape changes only when B does.
     """
 
-    def __init__(self, decoder, slots: int):
+    def __init__(self, decoder, slots: int, capacity: int):
         self.dec = decoder
-        cap = decoder.kv_capacity
+        cap = capacity  # positions a row may reach (≤ the graph's rotary tables)
         self.slots = slots
         self.bufs: dict[str, np.ndarray] = {}
         for name, (shape, dtype, axis) in decoder.past.items():
@@ -412,11 +415,20 @@ class Batcher:
         self._cv = threading.Condition()
         dec = engine.decoder
         # A fused graph on the CPU keeps the batch's caches in place (n ≤ 8 sequences of one
-        # request share a prompt, so there are at least 8 slots even without batching).
-        self._batch = (_InPlaceBatch(dec, max(self.max_batch, 8)) if pads_right(dec) and dec.kv_capacity
-                       else _Batch(dec))
-        if isinstance(self._batch, _InPlaceBatch):
-            self.context_length = min(self.context_length, dec.kv_capacity)
+        # request share a prompt, so there are at least 8 slots even without batching), in
+        # buffers sized for every slot at the full context: unless that is over IN_PLACE_MAX_BYTES
+        # (a large model with a long context), then rows are padded per step as for optimum graphs.
+        slots, cap = max(self.max_batch, 8), min(dec.kv_capacity, self.context_length)
+        need = slots * cap * sum(int(np.prod([d for i, d in enumerate(shape) if i not in (0, axis)]))
+                                 * np.dtype(dtype).itemsize for shape, dtype, axis in dec.past.values())
+        if pads_right(dec) and cap > 0 and need <= IN_PLACE_MAX_BYTES:
+            self._batch = _InPlaceBatch(dec, slots, cap)
+            self.context_length = cap
+        else:
+            if pads_right(dec) and cap > 0:
+                log.warning("in-place batch buffers would take %.1f GB; rows are padded per step instead",
+                            need / 1e9)
+            self._batch = _Batch(dec)
         self._stop = False
         self._busy: collections.deque[tuple[float, float]] = collections.deque()  # (end, seconds)
         self._window = window_s
