@@ -56,6 +56,19 @@ def function_body_lines(source: str) -> list[int]:
     return sorted(lines)
 
 
+def suggestible_lines(text: str) -> list[int]:
+    """0-based numbers of the lines worth predicting: code in function bodies, at least 4
+    characters, not a comment (the next-line eval's positions, the scripted sessions' lines)."""
+    lines = text.split("\n")
+    out = []
+    for n in function_body_lines(text):
+        if n < len(lines):
+            stripped = lines[n].strip()
+            if len(stripped) >= 4 and not stripped.startswith("#"):
+                out.append(n)
+    return out
+
+
 def sample_positions(files: Iterable[tuple[str, str]], count: int, seed: int = 0) -> list[Position]:
     """Sample `count` positions over (path, text) files, evenly by file first, deterministic."""
     rng = random.Random(seed)
@@ -63,13 +76,8 @@ def sample_positions(files: Iterable[tuple[str, str]], count: int, seed: int = 0
     for path, text in files:
         src_lines = text.split("\n")
         per_file = []
-        for n in function_body_lines(text):
-            if n >= len(src_lines):
-                continue
+        for n in suggestible_lines(text):
             line = src_lines[n]
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#") or len(stripped) < 4:
-                continue
             indent = len(line) - len(line.lstrip())
             per_file.append(Position(path, text, n, indent, line[indent:].rstrip()))
         if per_file:

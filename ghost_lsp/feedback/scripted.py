@@ -407,19 +407,10 @@ def build(scenario: str, doc: str, cursor: int, suggestion: str, other: str, rng
 def _lines_for(text: str) -> list[tuple[int, str, list[str]]]:
     """(line number, indentation, following lines) for lines worth suggesting: code in
     function bodies, as the next-line eval picks them."""
-    from ghost_lsp.evals.nextline import function_body_lines
+    from ghost_lsp.evals.nextline import suggestible_lines
 
     lines = text.split("\n")
-    out = []
-    for n in function_body_lines(text):
-        if n >= len(lines):
-            continue
-        line = lines[n]
-        stripped = line.strip()
-        if len(stripped) < 4 or stripped.startswith("#"):
-            continue
-        out.append((n, line[:len(line) - len(line.lstrip())], lines[n:n + 3]))
-    return out
+    return [(n, lines[n][:len(lines[n]) - len(lines[n].lstrip())], lines[n:n + 3]) for n in suggestible_lines(text)]
 
 
 def corpus(files: Iterable[tuple[str, str]], per_scenario: int = 40, seed: int = 0,
