@@ -19,7 +19,7 @@ import numpy as np
 
 from ghost_lsp.engine.base import EngineError
 from ghost_lsp.engine.healing import Healer, advance, heal_prompt, token_bytes_table
-from ghost_lsp.engine.sampling import choose_token, log_softmax
+from ghost_lsp.engine.sampling import choose_token, log_softmax, token_logprob
 from ghost_lsp.engine.speculative import Adapt, DecodeHooks
 from ghost_lsp.manifest import Manifest
 from ghost_lsp.types import Candidate, SamplingParams
@@ -577,7 +577,7 @@ class OnnxEngine:
             cand.token_ids.append(tok)
             cand.logprobs.append(lp)
             if params.temperature > 0.0:  # the ranker wants the model's own view, not the sampler's
-                model_lp = float(log_softmax(np.where(mask, scores, -np.inf))[tok])
+                model_lp = token_logprob(np.where(mask, scores, -np.inf), tok)
             else:
                 model_lp = lp
             cand.model_logprobs.append(model_lp)

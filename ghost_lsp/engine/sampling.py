@@ -43,11 +43,12 @@ def apply_penalties(logits: np.ndarray, counts: np.ndarray, frequency_penalty: f
                     presence_penalty: float) -> np.ndarray:
     """OpenAI semantics: logit -= frequency_penalty * count + presence_penalty * (count > 0).
 
-    `counts[i]` is how often token i was generated so far (same length as logits).
-    Returns a new array; the input is not modified.
+    `counts[i]` is how often token i was generated so far (same length as logits). For rows of
+    logits, the penalties may be columns (one per row). Returns a new array; the input is not
+    modified.
     """
-    if not frequency_penalty and not presence_penalty:
-        return logits
+    if not isinstance(frequency_penalty, np.ndarray) and not frequency_penalty and not presence_penalty:
+        return logits  # per decoded token: a scalar check, no numpy call
     counts = np.asarray(counts)
     return logits - (frequency_penalty * counts + presence_penalty * (counts > 0)).astype(logits.dtype)
 
@@ -199,8 +200,7 @@ def choose_tokens(logits: np.ndarray, *, temperatures: np.ndarray, top_ps: np.nd
     penalised = raw
     if counts is not None and frequency_penalties is not None and presence_penalties is not None and \
             (np.any(frequency_penalties) or np.any(presence_penalties)):
-        penalised = raw - (frequency_penalties[:, None] * counts
-                           + presence_penalties[:, None] * (counts > 0)).astype(np.float32)
+        penalised = apply_penalties(raw, counts, frequency_penalties[:, None], presence_penalties[:, None])
     toks = np.zeros(n, dtype=np.int64)
     lps = np.zeros(n, dtype=np.float64)
     greedy = np.flatnonzero(temperatures <= 0.0)
