@@ -252,12 +252,7 @@ class WorkspaceNgrams:
         rest_before, live_before = prefix[:cut], prefix[cut:]
         live_after, rest_after = suffix[:end], suffix[end:]
         budget = self.max_tokens // 4
-        live_budget, rest_budget = budget // 2, budget - budget // 2
-        everything = 1 << 62
-        lb_all = self._doc_tokens(live_before, everything)
-        lb = lb_all[len(lb_all) - min(len(lb_all), live_budget):]  # the end nearest the cursor
-        la_all = self._doc_tokens(live_after, everything)
-        la = la_all[:live_budget - len(lb)]
+        lb, la, lb_all, la_all = self._around(live_before, live_after, budget // 2)
         # Context across the chunk's edges: the last tokens before the chunk lead into it (in
         # the chunk's table), the chunk's last tokens lead into the rest after it (in the rest's
         # table), as context only, so the two tables count what one over the document would.
@@ -265,9 +260,7 @@ class WorkspaceNgrams:
         rest_key = (_digest(rest_before), _digest(rest_after), into_rest.tobytes())
         rest = self._current_rest
         if rest is None or rest[:2] != (path, rest_key):
-            rb_all = self._doc_tokens(rest_before, everything)
-            rb = rb_all[len(rb_all) - min(len(rb_all), rest_budget):]
-            ra = self._doc_tokens(rest_after, rest_budget - len(rb))
+            rb, ra, rb_all, _ = self._around(rest_before, rest_after, budget - budget // 2)
             table = NgramTable([rb, (np.concatenate([into_rest, ra]), len(into_rest))])
             rest = (path, rest_key, table, rb_all[-MAX_CONTEXT:])
         live_key = (_digest(live_before), _digest(live_after))
@@ -277,6 +270,13 @@ class WorkspaceNgrams:
             live = (path, live_key, NgramTable([(np.concatenate([into_live, lb]), len(into_live)), la]))
         with self._lock:
             self._current, self._current_rest = live, rest
+
+    def _around(self, before: str, after: str, budget: int) -> tuple[np.ndarray, ...]:
+        """Tokens of the text before and after a point, at most `budget` in all: the end of
+        `before` first, then the start of `after`; and both untrimmed."""
+        b_all, a_all = self._doc_tokens(before, 1 << 62), self._doc_tokens(after, 1 << 62)
+        b = b_all[len(b_all) - min(len(b_all), budget):]
+        return b, a_all[:budget - len(b)], b_all, a_all
 
     def _current_tables(self) -> list[NgramTable]:
         return [c[2] for c in (self._current, self._current_rest) if c is not None]

@@ -270,11 +270,8 @@ class _Batch:
         if "attention_mask" in dec.extra:
             mask = np.ones((b, self.length + 1), dtype=dec.extra["attention_mask"])
             for i, p in enumerate(self.pad):
-                if p:
-                    if self.right:
-                        mask[i, self.length + 1 - p:] = 0
-                    else:
-                        mask[i, :p] = 0
+                if p:  # the row's dead positions: after its real ones, or before them
+                    mask[i, slice(self.length + 1 - p, None) if self.right else slice(0, p)] = 0
             feed["attention_mask"] = mask
         if "position_ids" in dec.extra:
             feed["position_ids"] = np.asarray([[self.length - p] for p in self.pad], dtype=dec.extra["position_ids"])
