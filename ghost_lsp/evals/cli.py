@@ -464,4 +464,11 @@ def add_eval_parsers(sub) -> argparse.ArgumentParser:
     p = esub.add_parser("ngram", help="next line with the workspace n-gram cache off vs on, and speculative drafts")
     ngram.add_arguments(p)
     p.set_defaults(func=ngram.main_args)
+
+    from ghost_lsp.evals import keystrokes
+
+    p = esub.add_parser("keystrokes", help="keystrokes saved: a simulated user types held-out lines, taking "
+                                           "ghost text with Tab when it is right")
+    keystrokes.add_arguments(p)
+    p.set_defaults(func=keystrokes.main_args)
     return ep

@@ -5,7 +5,11 @@ Steps: collect files per package → filter (non-UTF-8, huge, minified, generate
 package* (so validation measures code the model has never seen a sibling file of) → write
 `train.jsonl`, `valid.jsonl` and `corpus.json` (the manifest: packages, versions, licences, counts).
 
-Packages listed in shared/eval-reserved.txt are never read: they are kept for evaluation.
+Packages listed in the eval-reserved list are never read: they are kept for evaluation. Nor are
+their copies inside other sdists: vendored folders (`_vendor/`, `extern/`, `third_party/`, …) are
+dropped whole, any file under a folder or module named like a reserved package's import name is
+dropped, and, when the reserved packages' own sources are given (`reserved_sources`), any file that
+near-duplicates one of their files is dropped too.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ MAX_FILE_BYTES = 200_000
 MAX_LINE_CHARS = 1_000
 MAX_MEAN_LINE_CHARS = 100
 MIN_LINES = 5
+# A package's text beyond this is not read: one huge package (a cloud SDK, a big framework)
+# should not outweigh a hundred small ones.
+MAX_PACKAGE_CHARS = 4_000_000
+VENDOR_DIRS = {"_vendor", "vendor", "vendored", "_vendored", "extern", "_extern", "externals",
+               "third_party", "thirdparty", "_third_party", "site-packages", "node_modules"}
+# Import names of reserved packages whose PyPI name differs from the module a vendored copy uses.
+RESERVED_IMPORT_NAMES = {"attrs": {"attr", "attrs"}, "more-itertools": {"more_itertools"},
+                         "python-slugify": {"slugify"}, "pyparsing": {"pyparsing"}}
 GENERATED_MARKERS = re.compile(
     r"(auto-?generated|generated (?:by|from)|do not edit|@generated|this file was generated)", re.I
 )
@@ -98,6 +110,25 @@ def parse_pkg_info(text: str) -> dict[str, list[str]]:
         # The License field may hold the whole licence text; its first line is enough to classify.
         out.setdefault(key.lower(), []).append(str(value).strip().splitlines()[0] if value else "")
     return out
+
+
+def reserved_import_names(reserved: set[str]) -> set[str]:
+    """The folder/module names under which a reserved package's code would appear when vendored."""
+    out: set[str] = set()
+    for name in reserved:
+        out |= RESERVED_IMPORT_NAMES.get(name, {name.replace("-", "_")})
+    return out
+
+
+def path_reject_reason(rel: str, reserved_names: set[str]) -> str | None:
+    """Why a file should be dropped for where it sits: a vendored folder or a reserved package's name."""
+    parts = rel.replace("\\", "/").split("/")
+    if any(p.lower() in VENDOR_DIRS for p in parts[:-1]):
+        return "vendored"
+    stems = set(parts[:-1]) | {parts[-1].removesuffix(".py")}
+    if stems & reserved_names:
+        return "reserved-copy"
+    return None
 
 
 def reject_reason(text: str) -> str | None:
@@ -204,7 +235,9 @@ class NearDuplicateIndex:
         self.rows = num_perm // bands
         self.threshold = threshold
         self.buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
-        self.shingles: list[set[int]] = []
+        # signatures only: the share of equal MinHash values estimates the Jaccard similarity, and
+        # a signature is 512 bytes where a file's line set can be megabytes
+        self.sigs: list[np.ndarray] = []
 
     @staticmethod
     def shingle(text: str) -> set[int]:
@@ -217,26 +250,37 @@ class NearDuplicateIndex:
         # (a*x + b) mod p with uint64 wraparound is a fine hash family for bucketing purposes
         return ((np.outer(self.a, x) + self.b[:, None]) % np.uint64(_PRIME)).min(axis=1)
 
-    def add_if_new(self, text: str) -> bool:
-        """Add `text`; return False (and add nothing) if a near duplicate is already indexed."""
+    def _keys(self, sig: np.ndarray) -> list[bytes]:
+        return [sig[i * self.rows:(i + 1) * self.rows].tobytes() for i in range(self.bands)]
+
+    def find(self, text: str) -> tuple[bool, np.ndarray | None]:
+        """(whether a near duplicate of `text` is indexed, its signature); (True, None) for empty text."""
         sh = self.shingle(text)
         if not sh:
-            return False
+            return True, None
         sig = self.signature(sh)
-        keys = [sig[i * self.rows:(i + 1) * self.rows].tobytes() for i in range(self.bands)]
         seen: set[int] = set()
-        for band, key in enumerate(keys):
+        for band, key in enumerate(self._keys(sig)):
             for idx in self.buckets[band].get(key, ()):
                 if idx in seen:
                     continue
                 seen.add(idx)
-                other = self.shingles[idx]
-                if len(sh & other) / len(sh | other) >= self.threshold:
-                    return False
-        idx = len(self.shingles)
-        self.shingles.append(sh)
-        for band, key in enumerate(keys):
+                if float(np.mean(self.sigs[idx] == sig)) >= self.threshold:
+                    return True, sig
+        return False, sig
+
+    def add(self, sig: np.ndarray) -> None:
+        idx = len(self.sigs)
+        self.sigs.append(sig)
+        for band, key in enumerate(self._keys(sig)):
             self.buckets[band].setdefault(key, []).append(idx)
+
+    def add_if_new(self, text: str) -> bool:
+        """Add `text`; return False (and add nothing) if a near duplicate is already indexed."""
+        dup, sig = self.find(text)
+        if dup:
+            return False
+        self.add(sig)
         return True
 
 
@@ -259,12 +303,36 @@ def build_corpus(
     stdlib_dir: str | None = None,
     valid_fraction: float = 0.06,
     valid_packages: Iterable[str] = (),
+    reserved_sources: str | Path | None = None,
+    max_package_chars: int = MAX_PACKAGE_CHARS,
     progress: bool = True,
 ) -> dict:
-    """Build the corpus into `out_dir`; return the manifest (also written as corpus.json)."""
+    """Build the corpus into `out_dir`; return the manifest (also written as corpus.json).
+
+    `reserved_sources`: a folder of the reserved packages' own sdists; any corpus file that
+    near-duplicates one of their files is dropped ("reserved-copy").
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reserved = load_reserved(reserved_file) if reserved_file else set()
+    reserved_names = reserved_import_names(reserved)
+    reserved_index = NearDuplicateIndex(threshold=0.5)
+    reserved_indexed = 0
+    if reserved_sources and Path(reserved_sources).is_dir():
+        for path in sorted(Path(reserved_sources).iterdir()):
+            if not path.is_file() or path.name.endswith(".part"):
+                continue
+            try:
+                _, files, _ = sdist_package(path)
+            except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError):
+                continue
+            for _, data in files:
+                text = decode(data)
+                if text and reject_reason(text) is None:
+                    dup, sig = reserved_index.find(text)
+                    if sig is not None:
+                        reserved_index.add(sig)
+                        reserved_indexed += 1
     sources: list = []
     refused: list[dict] = []
     if include_stdlib:
@@ -273,7 +341,13 @@ def build_corpus(
         for path in sorted(Path(sdist_dir).iterdir()):
             if not path.is_file():
                 continue
-            info, files, why = sdist_package(path)
+            if path.name.endswith(".part") or path.name == "fetch.json":
+                continue
+            try:
+                info, files, why = sdist_package(path)
+            except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, ValueError) as e:
+                refused.append({"package": path.name, "reason": f"unreadable sdist: {e}"})
+                continue
             name = info.name if info else path.name
             if info and normalise_name(info.name) in reserved:
                 refused.append({"package": name, "reason": "reserved for evaluation"})
@@ -304,8 +378,14 @@ def build_corpus(
             info.split = "valid" if is_validation(info.name, valid_fraction, forced) else "train"
             sink = fvalid if info.split == "valid" else ftrain
             for rel, data in files:
-                text = decode(data)
-                why = "non-utf8" if text is None else reject_reason(text)
+                why = path_reject_reason(rel, reserved_names)
+                text = None if why else decode(data)
+                if why is None:
+                    why = "non-utf8" if text is None else reject_reason(text)
+                if why is None and info.chars + len(text) > max_package_chars:
+                    why = "package-cap"
+                if why is None and reserved_indexed and reserved_index.find(text)[0]:
+                    why = "reserved-copy"
                 if why is None:
                     digest = hashlib.sha256(text.encode()).digest()
                     if digest in exact:
@@ -327,6 +407,7 @@ def build_corpus(
         "packages": [asdict(p) for p in packages],
         "refused": refused,
         "reserved_excluded": sorted(reserved),
+        "reserved_files_indexed": reserved_indexed,
         "totals": {k: {"files": v[0], "chars": v[1]} for k, v in counts.items()},
     }
     (out / "corpus.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")

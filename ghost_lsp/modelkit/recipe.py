@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -73,17 +74,39 @@ def download_sdists(names: list[str], dest: Path) -> list[str]:
     return failed
 
 
+def recipe_packages(r: Recipe) -> list[str]:
+    """The recipe's sdists: `sdists = [...]` and/or `packages_file` (one name a line, # comments)."""
+    c = r.section("corpus")
+    names = list(c.get("sdists", []))
+    if c.get("packages_file"):
+        lines = (r.path.parent / c["packages_file"]).read_text(encoding="utf-8").splitlines()
+        names += [l.strip() for l in lines if l.strip() and not l.lstrip().startswith("#")]
+    return names
+
+
 def stage_corpus(r: Recipe, sdist_dir: str | None = None) -> dict:
-    from ghost_lsp.modelkit.corpus import build_corpus
+    from ghost_lsp.modelkit.corpus import build_corpus, load_reserved
 
     c = r.section("corpus")
+    names = recipe_packages(r)
     sd = Path(sdist_dir) if sdist_dir else r.work / "sdists"
-    if c.get("sdists") and not sdist_dir:
-        download_sdists(list(c["sdists"]), sd)
-    m = build_corpus(r.corpus_dir, sdist_dir=sd if c.get("sdists") else None,
+    reserved_src = None
+    if names and not sdist_dir:
+        if c.get("packages_file"):
+            from ghost_lsp.modelkit.fetch import fetch_sdists
+
+            fetch_sdists(names, sd)
+            if RESERVED.exists():
+                # the reserved packages' own sources, so their copies inside other sdists are found
+                reserved_src = r.work / "reserved-sdists"
+                fetch_sdists(sorted(load_reserved(RESERVED)), reserved_src)
+        else:
+            download_sdists(names, sd)
+    m = build_corpus(r.corpus_dir, sdist_dir=sd if names else None,
                      reserved_file=RESERVED if RESERVED.exists() else None,
                      include_stdlib=c.get("stdlib", True), valid_fraction=c.get("valid_fraction", 0.06),
-                     valid_packages=c.get("valid_packages", ()))
+                     valid_packages=c.get("valid_packages", ()), reserved_sources=reserved_src,
+                     **({"max_package_chars": int(c["max_package_chars"])} if "max_package_chars" in c else {}))
     print(json.dumps(m["totals"]), file=sys.stderr)
     return m
 
@@ -93,8 +116,15 @@ def stage_tokenizer(r: Recipe) -> Path:
     from ghost_lsp.modelkit.tokenizer import save_tokenizer, train_tokenizer
 
     t = r.section("tokenizer")
-    tok = train_tokenizer((d.text for d in read_documents(r.corpus_dir / "train.jsonl")),
-                          vocab_size=int(t.get("vocab_size", 8192)))
+    texts = (d.text for d in read_documents(r.corpus_dir / "train.jsonl"))
+    if t.get("sample_chars"):
+        # A large corpus: the BPE is trained on an evenly spread sample (every k-th file) of
+        # about `sample_chars` characters; merges learned on 10 % of a billion characters are
+        # the same merges, in a fraction of the time and memory.
+        total = json.loads((r.corpus_dir / "corpus.json").read_text())["totals"]["train"]["chars"]
+        every = max(1, round(total / int(t["sample_chars"])))
+        texts = (x for i, x in enumerate(texts) if i % every == 0)
+    tok = train_tokenizer(texts, vocab_size=int(t.get("vocab_size", 8192)))
     path = save_tokenizer(tok, r.tokenizer_path.parent)
     # record token counts in the corpus manifest now that they can be measured
     from ghost_lsp.modelkit.train import tokenize_split
@@ -107,10 +137,38 @@ def stage_tokenizer(r: Recipe) -> Path:
     return path
 
 
-def stage_train(r: Recipe, stage: str) -> dict:
+def resume_source(r: Recipe) -> Path:
+    """Where `--resume` continues from: this machine's last run of the stage, else the
+    checkpoint shipped in the model folder (so a fresh clone can continue the shipped model)."""
+    for folder in (r.stage_dir("base"), r.out / "checkpoint"):
+        if (folder / "stable.safetensors").is_file():
+            return folder
+    raise SystemExit(f"ghost-lsp: nothing to resume: neither {r.stage_dir('base')} nor "
+                     f"{r.out / 'checkpoint'} holds stable.safetensors (train without --resume first)")
+
+
+def stage_train(r: Recipe, stage: str, resume: bool = False, minutes: float | None = None) -> dict:
     from ghost_lsp.modelkit.train import TrainConfig, train
 
-    if stage == "teacher":
+    if resume and stage != "base":
+        raise SystemExit("ghost-lsp: --resume continues the `base` stage (a warmup-stable-decay run)")
+    if stage == "base":
+        cfg = r.section("base")
+        if resume:
+            src = resume_source(r)
+            cfg["resume_from"] = str(src)
+            # a short re-warm: the optimizer's moments start from zero again
+            cfg["warmup_steps"] = min(int(cfg.get("warmup_steps", 100)), 50)
+            if src == r.stage_dir("base"):
+                # keep the run being continued: its weights are read before this run writes any
+                prev = r.work / "base-prev"
+                if prev.exists():
+                    shutil.rmtree(prev)
+                shutil.copytree(src, prev)
+                cfg["resume_from"] = str(prev)
+        if minutes:
+            cfg["time_budget_min"] = minutes
+    elif stage == "teacher":
         cfg = r.section("teacher")
         cont = cfg.pop("continue", None)
         if cont:
@@ -129,7 +187,7 @@ def stage_train(r: Recipe, stage: str) -> dict:
         if stage == "student":
             cfg["teacher"] = str(r.stage_dir("teacher"))
     else:
-        raise SystemExit(f"ghost-lsp: unknown stage {stage!r} (teacher, student, baseline, ditto)")
+        raise SystemExit(f"ghost-lsp: unknown stage {stage!r} (base, teacher, student, baseline, ditto)")
     cfg["name"] = stage
     return train(TrainConfig.from_dict(cfg), r.corpus_dir, r.tokenizer_path, r.stage_dir(stage))
 
@@ -169,7 +227,42 @@ def stage_package(r: Recipe) -> dict:
                          manifest_fields={"name": r.name, "info": info,
                                           **({"family": e["prompt_family"]} if e.get("prompt_family") else {})},
                          **kwargs)
+    if (student / "train_state.json").is_file():
+        ship_checkpoint(student, r.out)
     return report
+
+
+def ship_checkpoint(run_dir: Path, model_dir: Path) -> None:
+    """Put the training checkpoint in the model folder (`checkpoint/`): the decayed weights as a
+    Hugging Face folder in bf16 (what `finetune` and `learn` start from), the pre-decay weights and
+    the train state (what `model train --resume` continues). The manifest names the folder and the
+    sha256 of each file, so a corrupt checkpoint is refused."""
+    from safetensors.torch import load_file
+
+    from ghost_lsp.manifest import Manifest
+    from ghost_lsp.modelkit.train import _sha256, save_weights
+
+    ck = model_dir / "checkpoint"
+    if ck.exists():
+        shutil.rmtree(ck)
+    ck.mkdir(parents=True)
+    state = load_file(str(run_dir / "model.safetensors"))
+    save_weights({k: v for k, v in state.items() if k != "lm_head.weight"}, ck / "model.safetensors")
+    for name in ("config.json", "generation_config.json", "stable.safetensors", "train_state.json",
+                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, ck / name)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["torch_dtype"] = "bfloat16"
+    (ck / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    man = Manifest.load(model_dir)
+    info = dict(man.info or {})
+    info["source"] = {**info.get("source", {}), "hf_dir": "checkpoint"}
+    info["checkpoint"] = {"dtype": "bfloat16",
+                          "sha256": {f.name: _sha256(f) for f in sorted(ck.iterdir()) if f.suffix == ".safetensors"}}
+    info["runs"] = json.loads((ck / "train_state.json").read_text()).get("runs", [])
+    man.info = info
+    man.save(model_dir)
 
 
 def add_model_parsers(subparsers) -> None:
@@ -188,7 +281,11 @@ def add_model_parsers(subparsers) -> None:
         sp.add_argument("--work", help="work folder (default runs/<name>)")
         sp.add_argument("--out", help="model folder to write (default models/<name>)")
         if name == "train":
-            sp.add_argument("--stage", required=True, choices=["teacher", "student", "baseline", "ditto"])
+            sp.add_argument("--stage", required=True, choices=["base", "teacher", "student", "baseline", "ditto"])
+            sp.add_argument("--resume", action="store_true",
+                            help="continue the base stage from its pre-decay checkpoint (this machine's last "
+                                 "run, else the model folder's checkpoint/)")
+            sp.add_argument("--minutes", type=float, help="wall-clock budget of this run (overrides the recipe)")
         if name == "corpus":
             sp.add_argument("--sdist-dir", help="use sdists already in this folder instead of downloading")
         if name == "eval":
@@ -215,9 +312,9 @@ def run_model_command(args: argparse.Namespace) -> int:
     if cmd in ("tokenizer", "build"):
         stage_tokenizer(r)
     if cmd == "train":
-        print(json.dumps(stage_train(r, args.stage), indent=1))
+        print(json.dumps(stage_train(r, args.stage, resume=args.resume, minutes=args.minutes), indent=1))
     if cmd == "build":
-        for stage in ("teacher", "student", "baseline"):
+        for stage in (("base",) if r.data.get("base") else ("teacher", "student", "baseline")):
             stage_train(r, stage)
         # the fine-tune runs in a build only when it is what ships; else `train --stage ditto` runs it
         if r.data.get("ditto") and r.section("export").get("source") == "ditto":

@@ -59,6 +59,11 @@ class TrainConfig:
     init_from: str = ""             # HF folder to start from (continue training) instead of random weights
     distill_alpha: float = 0.7      # weight of the KL term
     distill_temperature: float = 2.0
+    impl: str = "hf"                # "compact": modelkit/compact.py (same weights, ~1.5x faster step)
+    schedule: str = "cosine"        # "wsd": warmup, stable, decay in the last `decay_frac` of the run
+    decay_frac: float = 0.15        # wsd: share of the budget spent decaying to min_lr
+    resume_from: str = ""           # folder with stable.safetensors + train_state.json: continue that run
+    compile: bool = False           # torch.compile the compact model (pays off on runs over ~10 min)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -186,12 +191,76 @@ def eval_loss(model, windows: np.ndarray, bf16: bool, batch: int = 16) -> float:
         for i in range(0, len(windows), batch):
             x = torch.from_numpy(windows[i:i + batch])
             out = model(input_ids=x[:, :-1])
+            logits = getattr(out, "logits", out)  # a Hugging Face output, or the compact model's tensor
             loss = torch.nn.functional.cross_entropy(
-                out.logits.float().reshape(-1, out.logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
+                logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum")
             total += loss.item()
             count += x[:, 1:].numel()
     model.train()
     return total / count
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_weights(state: dict, path: Path) -> str:
+    """Write bf16 safetensors atomically; return the file's sha256 (kept in train_state.json)."""
+    from safetensors.torch import save_file
+
+    import torch
+
+    tmp = path.with_name(path.name + ".part")
+    save_file({k: v.detach().to(torch.bfloat16).contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(path)
+    return _sha256(path)
+
+
+def load_resume_state(folder: str | Path) -> tuple[dict, dict]:
+    """(pre-decay weights, train state) of a run to continue; refuses a corrupt or altered checkpoint."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    state_file = folder / "train_state.json"
+    weights = folder / "stable.safetensors"
+    if not state_file.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{folder}: no checkpoint to resume (needs stable.safetensors and train_state.json)")
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{state_file}: corrupt train state ({e})") from None
+    want = state.get("stable_sha256")
+    if want and _sha256(weights) != want:
+        raise ValueError(f"{weights}: sha256 does not match train_state.json: the checkpoint is corrupt or was "
+                         "changed; refusing to resume from it")
+    try:
+        return load_file(str(weights)), state
+    except Exception as e:  # safetensors raises its own error types for a truncated file
+        raise ValueError(f"{weights}: unreadable checkpoint ({e})") from None
+
+
+def lr_schedule(cfg: TrainConfig, step: int, frac: float) -> float:
+    """Learning rate at `step` with `frac` of the run's budget spent.
+
+    cosine: warmup then cosine to min_lr. wsd (warmup-stable-decay): warmup, the peak rate held
+    constant, then a linear decay to min_lr over the last `decay_frac` of the run — so a later
+    run can continue from the weights saved just before the decay, at the peak rate again.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = min(1.0, frac)
+    if cfg.schedule == "wsd":
+        start = 1.0 - cfg.decay_frac
+        if frac <= start:
+            return cfg.lr
+        return cfg.lr + (cfg.min_lr - cfg.lr) * (frac - start) / cfg.decay_frac
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
 
 
 def prepare_run(cfg: TrainConfig, out_dir: str | Path, tokenizer_path: str | Path):
@@ -220,12 +289,35 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
     batcher = Batcher(train_tokens, cfg.context_length, sp, cfg.fim_rate, cfg.seed)
     windows = fixed_windows(valid_tokens, cfg.context_length, cfg.eval_windows)
 
-    if cfg.init_from:
-        from transformers import AutoModelForCausalLM
+    resume_state: dict = {}
+    if cfg.impl == "compact":
+        from ghost_lsp.modelkit.compact import CompactConfig, CompactLlama
 
-        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+        if cfg.init_from:
+            from safetensors.torch import load_file
+            from transformers import AutoConfig
+
+            model = CompactLlama.from_hf_config(AutoConfig.from_pretrained(cfg.init_from))
+            model.load_weights(load_file(str(Path(cfg.init_from) / "model.safetensors")))
+        else:
+            model = CompactLlama(CompactConfig(
+                vocab_size=tok.get_vocab_size(), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+                intermediate_size=cfg.intermediate_size, context_length=cfg.context_length))
+        if cfg.resume_from:
+            weights, resume_state = load_resume_state(cfg.resume_from)
+            model.load_weights(weights)
+        forward = torch.compile(model) if cfg.compile else model
     else:
-        model = make_model(cfg, tok.get_vocab_size(), sp)
+        if cfg.resume_from:
+            raise ValueError("resume_from needs impl = \"compact\"")
+        if cfg.init_from:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+        else:
+            model = make_model(cfg, tok.get_vocab_size(), sp)
+        forward = lambda ids: model(input_ids=ids).logits  # noqa: E731
     n_params = sum(p.numel() for p in model.parameters())
     teacher = None
     if cfg.teacher:
@@ -237,7 +329,8 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
+                            fused=True)
 
     log_f = open(out / "train_log.jsonl", "a", encoding="utf-8")
     t0 = time.monotonic()
@@ -259,28 +352,51 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
         return (time.monotonic() - t0) / budget_s
 
     def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        frac = min(1.0, progress_frac(step))
-        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
+        return lr_schedule(cfg, step, progress_frac(step))
+
+    prior_tokens = int(resume_state.get("tokens_seen", 0))
+    prior_steps = int(resume_state.get("steps", 0))
+    runs = list(resume_state.get("runs", []))
 
     def save(tag: str):
-        model.save_pretrained(out)
+        if cfg.impl == "compact":
+            model.to_hf(sp).save_pretrained(out)
+        else:
+            model.save_pretrained(out)
         summary["checkpoint"] = tag
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+
+    def save_stable():
+        """The weights before the decay, which a later run continues from (wsd, compact only)."""
+        if cfg.impl != "compact":
+            return
+        digest = save_weights(model.state_dict(), out / "stable.safetensors")
+        state = {"steps": prior_steps + step, "tokens_seen": prior_tokens + tokens_seen,
+                 "stable_sha256": digest, "runs": runs + [this_run()], "config": asdict(cfg)}
+        (out / "train_state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+
+    def this_run() -> dict:
+        return {"steps": step, "tokens": tokens_seen, "cumulative_tokens": prior_tokens + tokens_seen,
+                "minutes": round((time.monotonic() - t0) / 60, 2), "val_loss": None if val != val else round(val, 4),
+                "lr": cfg.lr, "resumed": bool(cfg.resume_from)}
 
     summary: dict = {"config": asdict(cfg), "params": n_params, "vocab_size": tok.get_vocab_size(),
                      "train_tokens_available": int(len(train_tokens)), "valid_tokens": int(len(valid_tokens))}
     step = 0
     val = float("nan")
+    stable_saved = False
     model.train()
     while progress_frac(step) < 1.0:
+        if cfg.schedule == "wsd" and not stable_saved and step >= cfg.warmup_steps \
+                and progress_frac(step) >= 1.0 - cfg.decay_frac:
+            save_stable()
+            stable_saved = True
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         x = torch.from_numpy(batcher.batch(cfg.batch_size))
         inp, tgt = x[:, :-1], x[:, 1:]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = model(input_ids=inp).logits.float()
+            logits = forward(inp).float()
             ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
             loss = ce
             if teacher is not None:
@@ -305,19 +421,33 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
         if step % cfg.eval_every == 0:
             val = eval_loss(model, windows, cfg.bf16)
             rec = {"step": step, "elapsed_s": round(elapsed, 1), "tokens": tokens_seen,
+                   "cumulative_tokens": prior_tokens + tokens_seen,
                    "train_ce": round(ce.item(), 4), "val_loss": round(val, 4), "lr": lr_at(step)}
             log_f.write(json.dumps(rec) + "\n")
             log_f.flush()
         if time.monotonic() - last_ckpt > cfg.checkpoint_min * 60:
             summary.update(steps=step, tokens_seen=tokens_seen, val_loss=val)
             save(f"step {step}")
+            if cfg.schedule == "wsd" and not stable_saved:
+                save_stable()  # an interrupted run resumes from here
             last_ckpt = time.monotonic()
     if bar is not None:
         bar.close()
-    summary.update(steps=step, tokens_seen=tokens_seen, val_loss=eval_loss(model, windows, cfg.bf16),
-                   train_minutes=round((time.monotonic() - t0) / 60, 2),
-                   tokens_per_s=round(tokens_seen / (time.monotonic() - t0)))
+    if cfg.schedule == "wsd" and not stable_saved:
+        save_stable()
+    val = eval_loss(model, windows, cfg.bf16)
+    minutes = (time.monotonic() - t0) / 60
+    summary.update(steps=step, tokens_seen=tokens_seen, val_loss=val, train_minutes=round(minutes, 2),
+                   tokens_per_s=round(tokens_seen / (minutes * 60)),
+                   cumulative_tokens=prior_tokens + tokens_seen, cumulative_steps=prior_steps + step,
+                   runs=runs + [this_run()],
+                   gflops_per_s=round(6 * n_params * tokens_seen / (minutes * 60) / 1e9, 1))
     save("final")
+    if (out / "train_state.json").exists():
+        # the record of every run (with cumulative tokens) travels with the resumable weights
+        st = json.loads((out / "train_state.json").read_text(encoding="utf-8"))
+        st["runs"] = summary["runs"]
+        (out / "train_state.json").write_text(json.dumps(st, indent=1) + "\n", encoding="utf-8")
     log_f.close()
     return summary
 

@@ -1,0 +1,78 @@
+"""The compact training model, the warmup-stable-decay schedule and resuming a run from its checkpoint."""
+
+import json
+
+import pytest
+
+from ghost_lsp.modelkit.tiny import TINY_CORPUS
+
+pytestmark = pytest.mark.slow
+
+
+def _corpus(tmp_path):
+    from ghost_lsp.modelkit.tokenizer import save_tokenizer, train_tokenizer
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    docs = [TINY_CORPUS.replace("fibonacci", f"fib{i}") for i in range(6)]
+    (corpus / "train.jsonl").write_text("".join(json.dumps({"package": "p", "path": f"{i}.py", "text": d}) + "\n"
+                                                for i, d in enumerate(docs[:5])))
+    (corpus / "valid.jsonl").write_text(json.dumps({"package": "v", "path": "v.py", "text": docs[5]}) + "\n")
+    return corpus, save_tokenizer(train_tokenizer(docs[:5], vocab_size=400), tmp_path / "tok")
+
+
+def test_compact_model_matches_hugging_face_llama():
+    torch = pytest.importorskip("torch")
+    from ghost_lsp.modelkit.compact import CompactConfig, CompactLlama
+
+    torch.manual_seed(0)
+    m = CompactLlama(CompactConfig(vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                                   intermediate_size=96, context_length=64))
+    hf = m.to_hf({"eos": 0, "pad": 1}).eval()
+    x = torch.randint(0, 300, (2, 40))
+    with torch.no_grad():
+        assert torch.allclose(hf(input_ids=x).logits, m(x), atol=1e-5)
+    # and back: HF weights load into a fresh compact model with the same outputs
+    m2 = CompactLlama.from_hf_config(hf.config)
+    m2.load_weights(hf.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(m2(x), m(x), atol=1e-6)
+
+
+def test_wsd_schedule_holds_the_peak_then_decays():
+    from ghost_lsp.modelkit.train import TrainConfig, lr_schedule
+
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule="wsd", decay_frac=0.2)
+    assert lr_schedule(cfg, 0, 0.0) == pytest.approx(1e-4)
+    assert lr_schedule(cfg, 50, 0.5) == lr_schedule(cfg, 60, 0.79) == 1e-3
+    assert lr_schedule(cfg, 70, 0.9) == pytest.approx(5.5e-4)
+    assert lr_schedule(cfg, 80, 1.0) == pytest.approx(1e-4)
+
+
+def test_resume_continues_from_pre_decay_weights_and_refuses_a_corrupt_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    from ghost_lsp.modelkit.train import TrainConfig, load_resume_state, train
+
+    corpus, tok = _corpus(tmp_path)
+    common = dict(context_length=64, batch_size=4, warmup_steps=3, eval_every=10, eval_windows=4, bf16=False,
+                  threads=1, lr=1e-2, min_lr=1e-3, impl="compact", schedule="wsd", decay_frac=0.3,
+                  hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    first = train(TrainConfig(name="a", max_steps=20, **common), corpus, tok, tmp_path / "a", progress=False)
+    state = json.loads((tmp_path / "a" / "train_state.json").read_text())
+    # the stable checkpoint is written when the decay starts (step 14 of 20 at decay_frac 0.3)
+    assert state["steps"] == 14 and state["tokens_seen"] == 14 * 4 * 64
+    assert (tmp_path / "a" / "config.json").is_file()  # the decayed weights as a Hugging Face folder
+
+    second = train(TrainConfig(name="b", max_steps=10, resume_from=str(tmp_path / "a"), **common),
+                   corpus, tok, tmp_path / "b", progress=False)
+    assert second["cumulative_tokens"] == (14 + 10) * 4 * 64
+    assert [r["resumed"] for r in second["runs"]] == [False, True]
+    assert second["val_loss"] < first["val_loss"] + 0.5
+
+    blob = bytearray((tmp_path / "a" / "stable.safetensors").read_bytes())
+    blob[-20] ^= 0xFF
+    (tmp_path / "a" / "stable.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="corrupt"):
+        load_resume_state(tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        load_resume_state(tmp_path / "nothing")
