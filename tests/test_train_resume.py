@@ -76,3 +76,39 @@ def test_resume_continues_from_pre_decay_weights_and_refuses_a_corrupt_checkpoin
         load_resume_state(tmp_path / "a")
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
         load_resume_state(tmp_path / "nothing")
+
+
+def test_gpu_pack_and_run_use_the_same_trainer(tmp_path):
+    """The prepared GPU run, tried on CPU at toy size: pack → run → a resumable bf16 checkpoint."""
+    pytest.importorskip("torch")
+    from ghost_lsp.modelkit.gpu import pack, run
+    from ghost_lsp.modelkit.train import load_resume_state, tokenize_split
+
+    corpus, tok = _corpus(tmp_path)
+    work = tmp_path / "work"
+    (work / "corpus").mkdir(parents=True)
+    (work / "tokenizer").mkdir()
+    for f in tok.parent.iterdir():
+        (work / "tokenizer" / f.name).write_bytes(f.read_bytes())
+    for split in ("train", "valid"):
+        (work / "corpus" / f"{split}.jsonl").write_text((corpus / f"{split}.jsonl").read_text())
+        tokenize_split(work / "corpus", split, work / "tokenizer" / "tokenizer.json")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "toy"\n[gpu]\nhidden_size = 32\nnum_layers = 1\nnum_heads = 2\nnum_kv_heads = 2\n'
+                      'intermediate_size = 64\ncontext_length = 32\nbatch_size = 4\nmax_steps = 12\n'
+                      'warmup_steps = 2\neval_every = 6\neval_windows = 2\ncompile = false\nbf16 = false\n')
+    from ghost_lsp.modelkit import recipe as rmod
+
+    r = rmod.Recipe(recipe, work=str(work))
+    assert r.tokenizer_path.is_file()
+    from unittest import mock
+
+    # pack() opens the recipe with its default work folder (runs/<name>): point it at this one
+    with mock.patch.object(rmod, "Recipe", lambda path: r):
+        info = pack(str(recipe), str(tmp_path / "pack"))
+    assert info["bytes"] < 60 * 2**20
+    summary = run(str(tmp_path / "pack"), str(tmp_path / "out"), device="cpu")
+    assert summary["steps"] == 12
+    weights, state = load_resume_state(tmp_path / "out")
+    assert state["steps"] >= 10 and all(str(v.dtype) == "torch.bfloat16" for v in weights.values())
+    assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()

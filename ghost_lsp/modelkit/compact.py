@@ -164,7 +164,7 @@ class CompactLlama(nn.Module):
         from transformers import LlamaForCausalLM
 
         hf = LlamaForCausalLM(self.hf_config(special))
-        state = {k: v.detach().float() for k, v in self.state_dict().items()}
+        state = {k: v.detach().to("cpu", torch.float32) for k, v in self.state_dict().items()}
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
         missing, unexpected = hf.load_state_dict(state, strict=False)
         missing = [m for m in missing if "rotary_emb" not in m]

@@ -64,6 +64,7 @@ class TrainConfig:
     decay_frac: float = 0.15        # wsd: share of the budget spent decaying to min_lr
     resume_from: str = ""           # folder with stable.safetensors + train_state.json: continue that run
     compile: bool = False           # torch.compile the compact model (pays off on runs over ~10 min)
+    device: str = "cpu"             # "cuda": the same run on a GPU (bf16 autocast there too)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -187,9 +188,10 @@ def eval_loss(model, windows: np.ndarray, bf16: bool, batch: int = 16) -> float:
 
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    device = next(model.parameters()).device
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, len(windows), batch):
-            x = torch.from_numpy(windows[i:i + batch])
+            x = torch.from_numpy(windows[i:i + batch]).to(device)
             out = model(input_ids=x[:, :-1])
             logits = getattr(out, "logits", out)  # a Hugging Face output, or the compact model's tensor
             loss = torch.nn.functional.cross_entropy(
@@ -217,7 +219,7 @@ def save_weights(state: dict, path: Path) -> str:
     import torch
 
     tmp = path.with_name(path.name + ".part")
-    save_file({k: v.detach().to(torch.bfloat16).contiguous() for k, v in state.items()}, str(tmp))
+    save_file({k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in state.items()}, str(tmp))
     tmp.replace(path)
     return _sha256(path)
 
@@ -307,6 +309,7 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
         if cfg.resume_from:
             weights, resume_state = load_resume_state(cfg.resume_from)
             model.load_weights(weights)
+        model.to(cfg.device)
         forward = torch.compile(model) if cfg.compile else model
     else:
         if cfg.resume_from:
@@ -393,9 +396,9 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
             stable_saved = True
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        x = torch.from_numpy(batcher.batch(cfg.batch_size))
+        x = torch.from_numpy(batcher.batch(cfg.batch_size)).to(cfg.device, non_blocking=True)
         inp, tgt = x[:, :-1], x[:, 1:]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = forward(inp).float()
             ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
             loss = ce
