@@ -112,3 +112,17 @@ def test_gpu_pack_and_run_use_the_same_trainer(tmp_path):
     weights, state = load_resume_state(tmp_path / "out")
     assert state["steps"] >= 10 and all(str(v.dtype) == "torch.bfloat16" for v in weights.values())
     assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+def test_loss_plot_draws_each_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    from ghost_lsp.modelkit.plots import plot_runs, read_log
+
+    for name, losses in (("a", [5.0, 4.0, 3.5]), ("b", [4.8, 3.9])):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"step": i, "tokens": 1000 * (i + 1), "val_loss": v} for i, v in enumerate(losses)]
+        (d / "train_log.jsonl").write_text("\n".join(map(__import__("json").dumps, rows)) + "\n{cut")
+    assert len(read_log(tmp_path / "a")) == 3  # the cut last line of an interrupted run is skipped
+    out = plot_runs({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "loss.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -275,7 +275,8 @@ def add_model_parsers(subparsers) -> None:
                            ("package", "export, quantize and validate the student into the model folder"),
                            ("eval", "compare teacher, students and exports in one table; writes the card"),
                            ("card", "rewrite the model card from the last eval's figures and the recipe's notes"),
-                           ("build", "run every stage in order")]:
+                           ("build", "run every stage in order"),
+                           ("plot", "validation loss vs training tokens of the recipe's runs (PNG)")]:
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("recipe", help="recipe file, e.g. models/recipes/ghost-py-small.toml")
         sp.add_argument("--work", help="work folder (default runs/<name>)")
@@ -290,6 +291,10 @@ def add_model_parsers(subparsers) -> None:
             sp.add_argument("--sdist-dir", help="use sdists already in this folder instead of downloading")
         if name == "eval":
             sp.add_argument("--positions", type=int, default=300, help="next-line cursor positions")
+        if name == "plot":
+            sp.add_argument("--run", action="append", metavar="LABEL=DIR",
+                            help="a run folder to draw (repeatable; default: the recipe's stages)")
+            sp.add_argument("--png", default="", help="output file (default: the model folder's loss.png)")
         sp.set_defaults(func=run_model_command)
     try:
         from ghost_lsp.modelkit.export import add_model_export_parser
@@ -325,6 +330,12 @@ def run_model_command(args: argparse.Namespace) -> int:
         from ghost_lsp.modelkit.evaluate import evaluate_recipe
 
         evaluate_recipe(r, positions=getattr(args, "positions", 300))
+    if cmd == "plot":
+        from ghost_lsp.modelkit.plots import plot_runs
+
+        runs = dict(x.split("=", 1) for x in args.run) if args.run else {
+            st: r.stage_dir(st) for st in ("base", "teacher", "student") if (r.stage_dir(st) / "train_log.jsonl").is_file()}
+        print(plot_runs(runs, args.png or r.out / "loss.png", title=r.name))
     if cmd == "card":
         from ghost_lsp.modelkit.evaluate import write_card_from_recorded
 
