@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from ghost_lsp import bench_peers as bp
+from ghost_lsp.tools.bench import peers as bp
 
 FAST = (("fp32 fused", {"graph": "fused", "quantize": "none"}),
         ("int8 fused (MatMulNBits)", {"graph": "fused", "quantize": "int8-nbits"}))
@@ -31,7 +31,7 @@ def test_genai_builder_missing_is_a_reason(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def small_llama(tmp_path_factory):
     """2 layers, dims multiples of 32 (GGUF blocks), 2 query heads per KV head."""
-    from ghost_lsp.modelkit.tiny import build_tiny_hf
+    from ghost_lsp.tools.modelkit.tiny import build_tiny_hf
 
     tok = build_tiny_hf(tmp_path_factory.mktemp("tok"), "llama") / "tokenizer.json"
     return bp.build_random_llama(tmp_path_factory.mktemp("small"), tok, 64, hidden_size=64,

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from ghost_lsp.globs import glob_to_regex, is_excluded
+from ghost_lsp.settings.globs import glob_to_regex, is_excluded
 
 log = logging.getLogger(__name__)
 

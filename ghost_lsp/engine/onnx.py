@@ -21,7 +21,7 @@ from ghost_lsp.engine.base import EngineError
 from ghost_lsp.engine.healing import Healer, advance, heal_prompt, token_bytes_table
 from ghost_lsp.engine.sampling import choose_token, log_softmax, token_logprob
 from ghost_lsp.engine.speculative import Adapt, DecodeHooks
-from ghost_lsp.manifest import Manifest
+from ghost_lsp.engine.manifest import Manifest
 from ghost_lsp.types import Candidate, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -400,7 +400,7 @@ class KvCache:
 
 
 class OnnxEngine:
-    """The Engine protocol over a local model folder (see ghost_lsp/manifest.py).
+    """The Engine protocol over a local model folder (see ghost_lsp/engine/manifest.py).
 
     One generate() at a time: calls are serialised by a lock (the server runs them on an
     executor thread; two concurrent sessions would only fight over the same cores).

@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ghost_lsp.engine.base import EngineError
-from ghost_lsp.manifest import Manifest
+from ghost_lsp.engine.manifest import Manifest
 from ghost_lsp.types import Candidate, SamplingParams
 
 log = logging.getLogger(__name__)

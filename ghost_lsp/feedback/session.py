@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from ghost_lsp.feedback.ab import choose
+from ghost_lsp.settings.ab import choose
 from ghost_lsp.feedback.infer import Tracker
 
 log = logging.getLogger(__name__)

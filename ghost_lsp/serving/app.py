@@ -93,7 +93,7 @@ class Server:
             self.load_error = str(e)
             log.error("model not loaded: %s", e)
             return
-        from ghost_lsp.prompt import template_for
+        from ghost_lsp.completion.prompt import template_for
 
         self.template = template_for(engine.manifest)
         self.engine = engine
