@@ -21,3 +21,10 @@ EVAL_RESERVED = REPO / "data" / "eval-reserved.txt"
 def runs_dir() -> Path:
     """Training scratch (corpora, checkpoints): $GHOST_LSP_RUNS, else runs/ in the checkout."""
     return Path(os.environ.get("GHOST_LSP_RUNS") or REPO / "runs")
+
+
+def portable(path: str | Path) -> str:
+    """`path` as a model's manifest records it: relative to the checkout when inside it, so a
+    shipped manifest names no one machine's folders."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)

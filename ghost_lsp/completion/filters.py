@@ -32,8 +32,8 @@ MAX_LINES = 12
 # loop from the third such line on: two similar lines are common in real code (x = a[0];
 # y = a[1]), a run of three near-copies of a long line is what a looping model writes.
 LINE_SIMILARITY = 0.9
-# Confidence gate (token log-probs under the model's own distribution). Measured on /tmp/ckm
-# over held-out code with `python -m ghost_lsp.tools.evals.loops --confidence`; see README.
+# Confidence gate (token log-probs under the model's own distribution). Measured on the shipped
+# model over held-out code with `python -m ghost_lsp.tools.evals.loops --confidence`; see README.
 MIN_MEAN_LOGPROB = -3.0
 MIN_TOKEN_LOGPROB = -9.0
 MIN_CHARS = 2

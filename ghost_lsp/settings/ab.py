@@ -8,7 +8,7 @@ records it.
     [[ghost.variants]]
     name = "small-fim"
     weight = 1
-    prompts = "/work/prompts-v2"   # another template folder
+    prompts = "prompts-v2"        # another template folder
     temperature = 0.3
 
 A variant overrides any ordinary setting (model folder, prompt template folder, sampling

@@ -1,7 +1,7 @@
 """Held-out Python source for the evals: a folder, a file, an sdist archive, or a PyPI package
 reserved for evaluation (downloaded once as an sdist with pip into a cache folder).
 
-Reserved packages (shared/eval-reserved.txt) are never in a training corpus, so a model has
+Reserved packages (data/eval-reserved.txt) are never in a training corpus, so a model has
 not seen them; other code may have been trained on, and the eval says so in its record.
 """
 

@@ -5,7 +5,7 @@ Steps: collect files per package → filter (non-UTF-8, huge, minified, generate
 package* (so validation measures code the model has never seen a sibling file of) → write
 `train.jsonl`, `valid.jsonl` and `corpus.json` (the manifest: packages, versions, licences, counts).
 
-Packages listed in shared/eval-reserved.txt are never read: they are kept for evaluation.
+Packages listed in data/eval-reserved.txt are never read: they are kept for evaluation.
 """
 
 from __future__ import annotations

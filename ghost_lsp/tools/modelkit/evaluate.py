@@ -188,7 +188,7 @@ def write_card(r, rows: list[dict], notes: str = "") -> Path:
         f"- Python standard library ({len(std)} top-level modules, regression tests left out) and {len(pk)} sdists:"
         f" {', '.join(p['name'] + ' ' + p['version'] + ' (' + p['licence'] + ')' for p in pk)}.",
         "- Licences read from each sdist's metadata; anything not clearly permissive is refused. Packages in"
-        " `shared/eval-reserved.txt` never enter the corpus.",
+        " `data/eval-reserved.txt` never enter the corpus.",
         "- Filters: non-UTF-8, over 200 kB, minified, generated, under 5 lines; exact and near-duplicate files"
         " (MinHash over lines, Jaccard ≥ 0.85) dropped.",
         f"- Split by package. Train: {tot['train']['files']} files, {tot['train']['chars'] / 1e6:.1f} M characters"

@@ -5,7 +5,7 @@ PyTorch → `onnxruntime.quantization.quantize_dynamic` → greedy agreement che
 PyTorch → package (model.onnx, tokenizer.json, manifest.json). Nothing is written to the
 output folder unless validation passes.
 
-Why plain quantize_dynamic: shared/FACTS.md measured it keeping greedy output identical to
+Why plain quantize_dynamic: measured, it kept greedy output identical to
 PyTorch where optimum's ORTQuantizer diverged; either way every quantized model is checked.
 
 graph="fused" (Llama only) replaces the optimum export with modelkit/llama_graph.py's compact
@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ghost_lsp.paths import portable
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +264,7 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
 
     fields = dict(manifest_fields or {})
     info = {**fields.pop("info", {}), "validation": report, "graph": graph,
-            "source": {"hf_dir": str(hf_dir), "parameters": n_params}}
+            "source": {"hf_dir": portable(hf_dir), "parameters": n_params}}
     manifest = Manifest(
         name=fields.pop("name", hf_dir.name),
         family="starcoder" if fim else "plain",
