@@ -57,11 +57,11 @@ def cmd_complete(args: argparse.Namespace) -> int:
     except (EngineError, ImportError, OSError, ValueError) as e:
         return common.fail(f"cannot load the model from {folder}: {e}")
 
-    from ghost_lsp.lsp.server import _LANGUAGES  # one extension table for both front ends
+    from ghost_lsp.languages import language_for_path
     from ghost_lsp.types import CompletionRequest
 
     req = CompletionRequest(uri=path.resolve().as_uri(), version=None, line=args.line - 1,
-                            character=args.col - 1, language=_LANGUAGES.get(path.suffix.lower(), "plaintext"),
+                            character=args.col - 1, language=language_for_path(str(path)),
                             path=str(path.resolve()), trigger="invoked")
     completer = Completer(engine, s, None)
     try:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ghost_lsp.cli import common
 from ghost_lsp.context import PROVIDERS, ContextRequest, FanOut, gather, make_providers
-from ghost_lsp.context.window import language_for_path, read_at
+from ghost_lsp.context.window import read_at
+from ghost_lsp.languages import language_for_path
 
 ROOT_MARKERS = (".git", "pyproject.toml", "setup.py", "setup.cfg")
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Callable, Sequence
 
+from ghost_lsp.languages import BRACE_LANGUAGES, Language, language_of
 from ghost_lsp.types import Candidate, Context
 
 log = logging.getLogger(__name__)
@@ -38,39 +39,11 @@ MIN_MEAN_LOGPROB = -3.0
 MIN_TOKEN_LOGPROB = -9.0
 MIN_CHARS = 2
 
-INDENT_LANGUAGES = {"python", "yaml", "coffeescript", "nim", "haskell", "fsharp"}
-BRACE_LANGUAGES = {
-    "c", "cpp", "csharp", "java", "javascript", "javascriptreact", "typescript", "typescriptreact",
-    "go", "rust", "kotlin", "scala", "swift", "php", "dart", "json", "jsonc", "css", "scss", "less",
-}
 OPENERS = {"(": ")", "[": "]", "{": "}"}
 CLOSERS = {v: k for k, v in OPENERS.items()}
 
 
 # -- lexical helpers --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Syntax:
-    line_comment: str | None
-    block_comment: tuple[str, str] | None
-    quotes: tuple[str, ...]  # longest first: '"""' before '"'
-
-
-_PY = _Syntax("#", None, ('"""', "'''", '"', "'"))
-_C = _Syntax("//", ("/*", "*/"), ('"', "'", "`"))
-_RUST = _Syntax("//", ("/*", "*/"), ('"',))  # ' starts lifetimes as often as chars
-_PLAIN = _Syntax(None, None, ('"',))
-
-
-def _syntax(language: str) -> _Syntax:
-    if language in ("python", "ruby", "shellscript", "yaml", "toml", "perl", "r", "makefile"):
-        return _PY if language == "python" else _Syntax("#", None, ('"', "'"))
-    if language == "rust":
-        return _RUST
-    if language in BRACE_LANGUAGES or language in ("lua",):
-        return _C
-    return _PLAIN
 
 
 class Scanner:
@@ -82,7 +55,7 @@ class Scanner:
 
     __slots__ = ("syn", "stack", "quote", "block", "line_comment", "errors", "escape", "_i")
 
-    def __init__(self, syn: _Syntax):
+    def __init__(self, syn: Language):
         self.syn = syn
         self.stack: list[str] = []
         self.quote: str | None = None
@@ -112,7 +85,7 @@ class Scanner:
                 marks.extend([code] * (i - start))
         return self
 
-    def _step(self, text: str, i: int, n: int, syn: _Syntax) -> None:
+    def _step(self, text: str, i: int, n: int, syn: Language) -> None:
         """One lexical step from text[i]; leaves the next offset in self._i."""
         c = text[i]
         if self.line_comment:
@@ -175,7 +148,7 @@ class Scanner:
 def code_mask(text: str, language: str) -> list[bool]:
     """True for each character outside strings and comments (the state starts at the text's start)."""
     out: list[bool] = []
-    Scanner(_syntax(language)).feed(text, out)
+    Scanner(language_of(language)).feed(text, out)
     return out
 
 
@@ -386,7 +359,7 @@ def _indent_block_end(text: str, ctx: Context) -> int | None:
 
 def _brace_block_end(text: str, ctx: Context) -> tuple[int, bool] | None:
     """(cut offset, keep the closer) at the '}' closing the cursor's enclosing block."""
-    syn = _syntax(ctx.language)
+    syn = language_of(ctx.language)
     s = Scanner(syn)
     # the string/comment state at the cursor comes from the prefix; brackets start from zero
     s.feed(ctx.prefix[-2000:])
@@ -491,7 +464,7 @@ _SUFFIX_WINDOW = 2000
 def bracket_balance(text: str, ctx: Context) -> tuple[str, str | None]:
     """Keep the longest cut of the suggestion that adds no bracket or quote errors to
     prefix + suffix (string- and comment-aware); if none but the empty one, drop it."""
-    syn = _syntax(ctx.language)
+    syn = language_of(ctx.language)
     suffix = ctx.suffix[:_SUFFIX_WINDOW]
     # a window may begin inside a string or comment: start at its first top-level line
     after_prefix = Scanner(syn).feed(ctx.prefix[_top_level_start(ctx.prefix):])

@@ -25,6 +25,7 @@ from typing import Callable
 
 from ghost_lsp.engine.manifest import Manifest
 from ghost_lsp.context.base import DEFINITIONS
+from ghost_lsp.languages import comment_for
 from ghost_lsp.paths import PROMPTS_DIR
 from ghost_lsp.types import Context, Prompt, Snippet
 
@@ -56,7 +57,8 @@ class Template:
         return f"{self.name}@{self.version}"
 
     def comment(self, language: str) -> str:
-        return self.comments.get(language) or self.comments.get("default", "#")
+        """The line comment of `language` (a template folder's languages.toml may override it)."""
+        return self.comments.get(language) or self.comments.get("default") or comment_for(language)
 
     def header(self, ctx: Context) -> str:
         if not self.path_header or not ctx.path:

@@ -6,21 +6,8 @@ far edge of its context (the line under the cursor is always kept whole up to th
 
 from __future__ import annotations
 
+from ghost_lsp.languages import language_for_path
 from ghost_lsp.types import Context
-
-LANGUAGE_BY_SUFFIX = {
-    ".py": "python", ".pyi": "python", ".js": "javascript", ".ts": "typescript", ".rs": "rust",
-    ".go": "go", ".c": "c", ".h": "c", ".cpp": "cpp", ".java": "java", ".rb": "ruby", ".lua": "lua",
-    ".sh": "shellscript", ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json", ".md": "markdown",
-}
-
-
-def language_for_path(path: str, default: str = "plaintext") -> str:
-    for suffix, lang in LANGUAGE_BY_SUFFIX.items():
-        if path.endswith(suffix):
-            return lang
-    return default
-
 
 def offset_of(text: str, line: int, character: int) -> int:
     """Code-point offset of (line, character); ValueError when the position does not exist.

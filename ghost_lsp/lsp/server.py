@@ -11,7 +11,6 @@ import asyncio
 import logging
 import threading
 import time
-from pathlib import PurePath
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,6 +28,7 @@ from ghost_lsp.feedback import FeedbackStore
 from ghost_lsp.feedback.session import FeedbackLoop, effective_settings
 from ghost_lsp.lsp.framing import FramedIO, Oversize
 from ghost_lsp.settings.core import Settings, db_path, from_dict, model_dir, section_of_change
+from ghost_lsp.languages import language_for_path
 from ghost_lsp.types import Completion, CompletionRequest
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,6 @@ HEALTH = "ghost/health"
 MODEL_RETRY_S = 5.0
 # Requests whose malformed params (e.g. a negative position) get an empty answer, not silence.
 _EMPTY_ON_BAD_PARAMS = {types.TEXT_DOCUMENT_INLINE_COMPLETION, types.TEXT_DOCUMENT_COMPLETION}
-_LANGUAGES = {".py": "python", ".pyi": "python", ".js": "javascript", ".ts": "typescript",
-              ".rs": "rust", ".go": "go", ".c": "c", ".h": "c", ".cpp": "cpp", ".java": "java",
-              ".sh": "shellscript", ".md": "markdown", ".toml": "toml", ".json": "json"}
-
-
 class _Answered:
     """Stands in for a message we already answered; pygls ignores unknown jsonrpc versions."""
 
@@ -309,7 +304,7 @@ def _client_position(ls: GhostServer, lines: list[str], line: int, col: int) -> 
 
 
 def _language(doc: TextDocument) -> str:
-    return doc.language_id or _LANGUAGES.get(PurePath(doc.path or "").suffix.lower(), "plaintext")
+    return doc.language_id or language_for_path(doc.path or "")
 
 
 async def _suggest(ls: GhostServer, uri: str, pos: types.Position, *, multiline: bool, trigger: str):
