@@ -37,7 +37,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     for w in warnings:
         log.warning("%s", w)
 
-    from ghost_lsp.context.window import read_at
+    from ghost_lsp.positions import read_at
 
     path = Path(args.file)
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ghost_lsp.cli import common
 from ghost_lsp.context import PROVIDERS, ContextRequest, FanOut, gather, make_providers
-from ghost_lsp.context.window import read_at
+from ghost_lsp.positions import read_at
 from ghost_lsp.languages import language_for_path
 
 ROOT_MARKERS = (".git", "pyproject.toml", "setup.py", "setup.cfg")
@@ -122,7 +122,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 def _ngram_report(tok, index, open_docs: dict, req, text: str, prompt_text: str) -> dict | None:
     """The workspace n-gram cache as the server would build it for this request."""
-    from ghost_lsp.completion.cache import split_at
+    from ghost_lsp.positions import split_at
     from ghost_lsp.engine.ngram_index import WorkspaceNgrams, describe
     from ghost_lsp.settings.core import Settings
 

@@ -13,21 +13,6 @@ from dataclasses import dataclass, replace
 from ghost_lsp.types import Completion
 
 
-def split_at(text: str, line: int, character: int) -> tuple[str, str]:
-    """(text before, text after) a position in code points; lines split on "\\n" as the
-    context stage splits them. A position past the end clamps to it."""
-    offset, start = 0, 0
-    for _ in range(line):
-        nl = text.find("\n", start)
-        if nl < 0:
-            return text, ""
-        start = nl + 1
-    end = text.find("\n", start)
-    line_len = (len(text) if end < 0 else end) - start
-    offset = start + min(max(0, character), line_len)
-    return text[:offset], text[offset:]
-
-
 @dataclass
 class _Shown:
     prefix: str

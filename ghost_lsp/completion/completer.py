@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
-from ghost_lsp.completion.cache import Debouncer, ForwardCache, split_at
+from ghost_lsp.completion.cache import Debouncer, ForwardCache
+from ghost_lsp.positions import split_at
 from ghost_lsp.context import ContextRequest, FanOut, gather, make_providers
 from ghost_lsp.engine.ngram_index import adaptation, workspace_for
 from ghost_lsp.engine.base import Engine, EngineError

@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from ghost_lsp.completion.cache import split_at
+from ghost_lsp.positions import split_at
 from ghost_lsp.engine.ngram import BYTES_PER_TOKEN, MAX_CONTEXT, NgramModel, NgramTable
 
 log = logging.getLogger(__name__)

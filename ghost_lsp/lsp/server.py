@@ -29,6 +29,7 @@ from ghost_lsp.feedback.session import FeedbackLoop, effective_settings
 from ghost_lsp.lsp.framing import FramedIO, Oversize
 from ghost_lsp.settings.core import Settings, db_path, from_dict, model_dir, section_of_change
 from ghost_lsp.languages import language_for_path
+from ghost_lsp.positions import lines_of
 from ghost_lsp.types import Completion, CompletionRequest
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,7 @@ def _cursor(doc: TextDocument, pos: types.Position) -> tuple[list[str], int] | N
     """(the document's lines, cursor column in code points), or None if the position does
     not exist. Lines are split on "\n" as the context stage splits them (pygls' own
     `lines` also breaks at U+2028 and friends, which LSP does not)."""
-    lines = doc.source.split("\n")
+    lines = lines_of(doc.source)
     if pos.line < 0 or pos.character < 0 or pos.line >= len(lines):
         return None
     text = lines[pos.line].removesuffix("\r")
