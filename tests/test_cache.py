@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from ghost_lsp.completion.cache import Debouncer, ForwardCache
+from ghost_lsp.completion.debounce import Debouncer
+from ghost_lsp.completion.forward_cache import ForwardCache
 from ghost_lsp.positions import split_at
 from ghost_lsp.completion.completer import Completer
 from ghost_lsp.completion.filters import ALL_OFF

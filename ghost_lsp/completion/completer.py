@@ -9,7 +9,6 @@ stops within one token step.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import Counter
 import logging
 import threading
@@ -19,14 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable
 
-from ghost_lsp.completion.cache import Debouncer, ForwardCache
+from ghost_lsp.completion.debounce import Debouncer
+from ghost_lsp.completion.forward_cache import ForwardCache
 from ghost_lsp.positions import split_at
 from ghost_lsp.context import ContextRequest, FanOut, gather, make_providers
 from ghost_lsp.engine.ngram_index import adaptation, workspace_for
 from ghost_lsp.engine.base import Engine, EngineError
 from ghost_lsp.settings.globs import is_excluded  # noqa: F401 - re-exported for callers
 from ghost_lsp.completion.filters import StopCheck, apply_filters
-from ghost_lsp.completion.prompt import build_prompt
+from ghost_lsp.completion.prompt import build_prompt, prompt_hash
 from ghost_lsp.completion.rank import ModelReranker, rank
 from ghost_lsp.settings.core import Settings
 from ghost_lsp.types import Candidate, Completion, CompletionRequest, SamplingParams
@@ -301,7 +301,7 @@ class Completer:
             alternatives=[kept[i][0] for i in order[1:]],
             timings_ms={k: round(v, 2) for k, v in timings.items()},
             prompt_template=prompt.template,
-            prompt_hash=hashlib.sha256(prompt.text.encode("utf-8")).hexdigest()[:16],
+            prompt_hash=prompt_hash(prompt.text),
             model_id=getattr(engine, "model_id", ""),
             prompt=prompt.text,
             variant=self.variant,

@@ -301,5 +301,6 @@ def build_prompt(ctx: Context, manifest: Manifest, count_tokens: Callable[[str],
     return render(template, ctx, count_tokens, budget)
 
 
-def prompt_hash(prompt: Prompt) -> str:
-    return hashlib.sha256(prompt.text.encode("utf-8")).hexdigest()[:16]
+def prompt_hash(text: str) -> str:
+    """What the feedback log keeps of a prompt when it may not keep the prompt itself."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
