@@ -7,7 +7,6 @@ per step with the previous step's `present.*` outputs as `past_key_values.*` inp
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
 import threading
@@ -18,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ghost_lsp.engine.base import EngineError
-from ghost_lsp.engine.healing import Healer, advance, heal_prompt, token_bytes_table
-from ghost_lsp.engine.sampling import choose_token, log_softmax, token_logprob
+from ghost_lsp.engine.decode import Generation, Vocabulary, first_stop
+from ghost_lsp.engine.healing import heal_prompt, token_bytes_table
+from ghost_lsp.engine.sampling import log_softmax, token_logprob
 from ghost_lsp.engine.speculative import Adapt, DecodeHooks
 from ghost_lsp.engine.manifest import Manifest
 from ghost_lsp.types import Candidate, SamplingParams
@@ -309,17 +309,6 @@ class Decoder:
         return self._logits_row[0].copy(), BufferViews(bufs, total, self._lead)
 
 
-def _visible_text(data: bytes) -> str:
-    """Decode UTF-8, holding back an incomplete trailing character (it may finish next step)."""
-    return codecs.getincrementaldecoder("utf-8")("replace").decode(data, final=False)
-
-
-def _char_offsets(generated: bytes, healed_len: int, starts: list[int]) -> list[int]:
-    """Code-point offset in the candidate text where each token starts (0 inside the healed tail)."""
-    return [len(generated[healed_len:b].decode("utf-8", "ignore")) if b > healed_len else 0
-            for b in starts]
-
-
 class _KvEntry:
     """The cache of one token sequence: its past key/values and the logits at marked lengths."""
 
@@ -451,10 +440,7 @@ class OnnxEngine:
         banned = np.zeros(size, dtype=bool)
         banned[[i for i in special if i < size]] = True
         banned[self.tokenizer.get_vocab_size(with_added_tokens=True):] = True
-        self._allowed = ~banned
-        if self.eos_id is not None and self.eos_id < size:
-            self._allowed[self.eos_id] = True
-        self._healer = Healer(self.token_bytes, banned) if token_healing else None
+        self.vocab = Vocabulary(self.token_bytes, banned, self.eos_id, healing=token_healing)
         # FIM prompts are healed at the cursor (before <fim_suffix>), not at <fim_middle>
         self._fim_ids = ((self.tokenizer.token_to_id(self.manifest.fim_suffix),
                           self.tokenizer.token_to_id(self.manifest.fim_middle)) if self.manifest.fim else (None, None))
@@ -524,7 +510,7 @@ class OnnxEngine:
         budget = max(1, ctx - max_new)
         if len(ids) > budget:
             ids = ids[-budget:]  # safety net: the prompt stage should have budgeted already
-        prompt_ids, healed = heal_prompt(ids, self.token_bytes, self._fim_ids) if self._healer else (ids, b"")
+        prompt_ids, healed = heal_prompt(ids, self.token_bytes, self._fim_ids) if self.vocab.healer else (ids, b"")
         if not prompt_ids:
             if self.eos_id is None:
                 return Candidate(text="", finish_reason="length")
@@ -544,11 +530,7 @@ class OnnxEngine:
         fed = list(prompt_ids)
         hooks = DecodeHooks(self.decoder, past, fed, adapt, ctx)  # n-gram mix and drafts
 
-        rng = np.random.default_rng(params.seed)
-        counts = np.zeros(len(self.token_bytes), dtype=np.int32)
-        remaining = healed
-        generated = b""
-        starts: list[int] = []  # byte offset of each token in `generated`
+        gen = Generation(self.vocab, healed, params.seed)
         stops = [s for s in params.stop if s]
         # Re-spelling the healed tail costs steps the caller did not budget for.
         max_steps = max_new + (len(ids) - len(prompt_ids))  # room to re-spell the healed tail
@@ -561,16 +543,9 @@ class OnnxEngine:
             if deadline is not None and time.monotonic() + step_s >= deadline:
                 reason = "deadline"
                 break
-            mask = self._allowed
-            if remaining:
-                mask = self._healer.mask(remaining)
-                if not mask.any():  # nothing spells R: give up healing (never seen in practice)
-                    mask, remaining = self._allowed, b""
-                    generated = healed
+            mask = gen.mask()
             scores = hooks.scores(logits, mask)
-            tok, lp = choose_token(scores, temperature=params.temperature, top_p=params.top_p,
-                                   counts=counts, frequency_penalty=params.frequency_penalty,
-                                   presence_penalty=params.presence_penalty, mask=mask, rng=rng)
+            tok, lp = gen.choose(scores, mask, params)
             if tok == self.eos_id:
                 reason = "eos"
                 break
@@ -581,19 +556,13 @@ class OnnxEngine:
             else:
                 model_lp = lp
             cand.model_logprobs.append(model_lp)
-            counts[tok] += 1
-            starts.append(len(generated))
-            generated += self.token_bytes[tok]
-            if remaining:
-                remaining = advance(remaining, self.token_bytes[tok])
-            if not remaining:
-                text = _visible_text(generated[len(healed):])
-                cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+            if gen.take(tok):
+                text = gen.text()
+                cut = first_stop(text, stops)
                 if cut >= 0:
                     text = text[:cut]
                     # Drop tokens that begin inside or after the stop sequence.
-                    cut_byte = len(healed) + len(text.encode("utf-8"))
-                    n_keep = sum(1 for s in starts if s < cut_byte)
+                    n_keep = gen.tokens_before(text)
                     del cand.token_ids[n_keep:], cand.logprobs[n_keep:], cand.model_logprobs[n_keep:]
                     reason = "stop"
                     break
@@ -616,7 +585,7 @@ class OnnxEngine:
             keep_marks = dict(sorted(marks.items())[-4:])
             self.kv_cache.put(cache_key, fed, past, keep_marks, base=base)
         cand.text = text
-        cand.offsets = _char_offsets(generated, len(healed), starts[:len(cand.token_ids)])
+        cand.offsets = gen.offsets(len(cand.token_ids))
         cand.finish_reason = reason
         cand.decode_ms = (time.perf_counter() - t1) * 1000
         return cand

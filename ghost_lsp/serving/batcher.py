@@ -21,7 +21,6 @@ Per-sequence decoding (token healing, sampling, stop sequences) mirrors OnnxEngi
 
 from __future__ import annotations
 
-import codecs
 import collections
 import logging
 import threading
@@ -31,9 +30,10 @@ from typing import Callable
 
 import numpy as np
 
-from ghost_lsp.engine.healing import advance, heal_split
+from ghost_lsp.engine.decode import Generation, first_stop
+from ghost_lsp.engine.healing import heal_split
 from ghost_lsp.engine.onnx import OnnxEngine
-from ghost_lsp.engine.sampling import choose_token, choose_tokens, log_softmax
+from ghost_lsp.engine.sampling import choose_tokens, log_softmax
 
 log = logging.getLogger(__name__)
 
@@ -89,19 +89,16 @@ class Sequence:
         self.params, self.deadline, self.emit = params, deadline, emit
         self.engine = engine
         self.prompt_tokens = len(prompt_ids)
-        keep, self.healed = heal_split(prompt_ids, engine.token_bytes) if engine._healer else (len(prompt_ids), b"")
+        vocab = engine.vocab
+        keep, healed = heal_split(prompt_ids, vocab.token_bytes) if vocab.healer else (len(prompt_ids), b"")
+        self.gen = Generation(vocab, healed, params.seed)  # the decoding state (engine/decode.py)
         self.ids = prompt_ids[:keep] or ([engine.eos_id] if engine.eos_id is not None else [])
-        self.remaining = self.healed
         self.max_steps = params.max_tokens + (len(prompt_ids) - keep)
-        self.rng = np.random.default_rng(params.seed)
-        self.counts = np.zeros(len(engine.token_bytes), dtype=np.int32)
         self.stops = [s for s in params.stop if s]
-        self.generated = b""
         self.text = ""
         self.steps = 0
         self.completion_tokens = 0
-        # per generated token (healed-tail tokens included): start byte, string, log-probs
-        self.starts: list[int] = []
+        # per generated token (healed-tail tokens included): string, log-probs
         self.tok_text: list[str] = []
         self.tok_lp: list[float] = []
         self.tok_top: list[dict[str, float]] = []
@@ -119,15 +116,8 @@ class Sequence:
 
     def consume(self, logits: np.ndarray) -> bool:
         """Choose the next token from `logits`; return True when the sequence has finished."""
-        eng, p = self.engine, self.params
-        mask = eng._allowed
-        if self.remaining:
-            mask = eng._healer.mask(self.remaining)
-            if not mask.any():
-                mask, self.remaining, self.generated = eng._allowed, b"", self.healed
-        tok, lp = choose_token(logits, temperature=p.temperature, top_p=p.top_p, counts=self.counts,
-                               frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty,
-                               mask=mask, rng=self.rng)
+        mask = self.gen.mask()
+        tok, lp = self.gen.choose(logits, mask, self.params)
         return self.take(tok, lp, logits, mask)
 
     def take(self, tok: int, lp: float, logits: np.ndarray, mask: np.ndarray) -> bool:
@@ -139,9 +129,7 @@ class Sequence:
             self.first_token_at = time.monotonic()
         if tok == eng.eos_id:
             return self.finish("stop")
-        self.counts[tok] += 1
-        self.starts.append(len(self.generated))
-        self.generated += eng.token_bytes[tok]
+        visible = self.gen.take(tok)
         self.tok_text.append(eng.token_bytes[tok].decode("utf-8", "replace"))
         if p.logprobs is not None:
             self.tok_lp.append(lp)
@@ -150,13 +138,10 @@ class Sequence:
                 top = np.argpartition(-lps, p.logprobs)[:p.logprobs] if p.logprobs < len(lps) else np.arange(len(lps))
                 self.tok_top.append({eng.token_bytes[int(i)].decode("utf-8", "replace"): float(lps[i])
                                      for i in top[np.argsort(-lps[top])]})
-        if self.remaining:
-            self.remaining = advance(self.remaining, eng.token_bytes[tok])
-        if not self.remaining:
+        if visible:
             self.completion_tokens += 1
-            self.text = codecs.getincrementaldecoder("utf-8")("replace").decode(
-                self.generated[len(self.healed):], final=False)
-            cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+            self.text = self.gen.text()
+            cut = first_stop(self.text, self.stops)
             if cut >= 0:
                 self.text = self.text[:cut]
                 return self.finish("stop")
@@ -166,18 +151,13 @@ class Sequence:
         self._send(final=False)
         return False
 
-    def _offsets(self) -> list[int]:
-        h = len(self.healed)
-        return [len(self.generated[h:b].decode("utf-8", "ignore")) if b > h else 0 for b in self.starts]
-
     def _send(self, final: bool, reason: str | None = None) -> None:
         safe = len(self.text) if final else len(self.text) - _holdback(self.text, self.stops)
         if not final and safe <= self.sent_chars:
             return
-        offsets = self._offsets()
+        offsets = self.gen.offsets()
         # Tokens that start before the end of the text sent (as OnnxEngine cuts at a stop).
-        cut_byte = len(self.healed) + len(self.text[:safe].encode("utf-8"))
-        n_tok = sum(1 for b in self.starts if b < cut_byte)
+        n_tok = self.gen.tokens_before(self.text[:safe])
         sl = slice(self.sent_tokens, n_tok)
         has_lp = self.params.logprobs is not None
         ev = Event(text=self.text[self.sent_chars:safe], tokens=self.tok_text[sl],
@@ -553,7 +533,7 @@ class Batcher:
         """Next token of every row: rows past token healing share the engine's mask and are
         chosen in one batched numpy call (the same tokens as one by one: see choose_tokens);
         rows still re-spelling a healed prompt tail have their own mask and go one by one."""
-        plain = [i for i, s in enumerate(rows) if not s.remaining]
+        plain = [i for i, s in enumerate(rows) if not s.gen.remaining]
         if len(plain) < 2:  # nothing to batch
             return [s.consume(logits[i]) for i, s in enumerate(rows)]
         done = [False] * len(rows)
@@ -561,15 +541,15 @@ class Batcher:
         ps = [s.params for s in seqs]
         fp = np.array([p.frequency_penalty for p in ps])
         pp = np.array([p.presence_penalty for p in ps])
-        counts = np.stack([s.counts for s in seqs]) if fp.any() or pp.any() else None
+        counts = np.stack([s.gen.counts for s in seqs]) if fp.any() or pp.any() else None
         toks, lps = choose_tokens(logits[plain], temperatures=np.array([p.temperature for p in ps]),
                                   top_ps=np.array([p.top_p for p in ps]), counts=counts,
-                                  frequency_penalties=fp, presence_penalties=pp, mask=self.engine._allowed,
-                                  rngs=[s.rng for s in seqs])
+                                  frequency_penalties=fp, presence_penalties=pp, mask=self.engine.vocab.allowed,
+                                  rngs=[s.gen.rng for s in seqs])
         for j, i in enumerate(plain):
-            done[i] = rows[i].take(int(toks[j]), float(lps[j]), logits[i], self.engine._allowed)
+            done[i] = rows[i].take(int(toks[j]), float(lps[j]), logits[i], self.engine.vocab.allowed)
         for i, s in enumerate(rows):
-            if s.remaining:  # still healing: its own mask
+            if s.gen.remaining:  # still healing: its own mask
                 done[i] = s.consume(logits[i])
         return done
 

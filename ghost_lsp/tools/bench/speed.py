@@ -92,7 +92,7 @@ def _onnx_run(engine, ids: list[int], n_new: int) -> tuple[float, float, list[in
     t1 = time.perf_counter()
     out = []
     for i in range(n_new):
-        tok, _ = choose_token(logits, temperature=0.0, mask=engine._allowed)
+        tok, _ = choose_token(logits, temperature=0.0, mask=engine.vocab.allowed)
         out.append(tok)
         if i + 1 < n_new:
             step, past = dec.run([tok], past)
