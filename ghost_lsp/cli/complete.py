@@ -47,14 +47,13 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
     from ghost_lsp.completion.completer import Completer
     from ghost_lsp.engine.base import EngineError
+    from ghost_lsp.engine.loading import load_local
     from ghost_lsp.settings.core import model_dir
 
     folder = model_dir(s)
     try:
-        from ghost_lsp.engine.onnx import OnnxEngine
-
-        engine = OnnxEngine(folder)
-    except (EngineError, ImportError, OSError, ValueError) as e:
+        engine = load_local(folder)
+    except EngineError as e:
         return common.fail(f"cannot load the model from {folder}: {e}")
 
     from ghost_lsp.languages import language_for_path

@@ -23,7 +23,7 @@ from ghost_lsp.completion.forward_cache import ForwardCache
 from ghost_lsp.positions import split_at
 from ghost_lsp.context import ContextRequest, FanOut, gather, make_providers
 from ghost_lsp.engine.ngram_index import adaptation, workspace_for
-from ghost_lsp.engine.base import Engine, EngineError
+from ghost_lsp.engine.base import Engine, EngineError, LocalEngine
 from ghost_lsp.settings.globs import is_excluded  # noqa: F401 - re-exported for callers
 from ghost_lsp.completion.filters import StopCheck, apply_filters
 from ghost_lsp.completion.prompt import build_prompt, prompt_hash
@@ -187,9 +187,9 @@ class Completer:
             return None
         if self._reranker is None or self._reranker[0] != s.rerank_model:
             try:
-                from ghost_lsp.engine.onnx import OnnxEngine
+                from ghost_lsp.engine.loading import load_local
 
-                self._reranker = (s.rerank_model, ModelReranker(OnnxEngine(s.rerank_model)))
+                self._reranker = (s.rerank_model, ModelReranker(load_local(s.rerank_model)))
             except Exception as e:  # noqa: BLE001 - a bad folder leaves ranking to the first model
                 log.warning("rerank_model %s cannot be loaded (%s); ranking without it", s.rerank_model, e)
                 self._reranker = (s.rerank_model, None)
@@ -224,7 +224,7 @@ class Completer:
         line_suffix = ctx.suffix.split("\n", 1)[0]
         multiline = want_multiline(s.multiline, req.multiline, ctx.current_line_prefix, line_suffix)
         adapt = None  # n-gram cache mix and speculative drafts, for the local engine
-        if hasattr(engine, "kv_cache"):
+        if isinstance(engine, LocalEngine):
             self.ngrams = workspace_for(self.ngrams, engine, s, self.index)
             adapt = await self._in_worker(partial(adaptation, self.ngrams, s, req.path or req.uri, text,
                                                   open_docs or {}, req.line, req.character), cancel)
@@ -245,7 +245,7 @@ class Completer:
             )
             try:
                 gen = partial(engine.generate, prompt.text, params, cancel, deadline)
-                if hasattr(engine, "kv_cache"):  # keyed KV slots: one document's typing keeps others'
+                if isinstance(engine, LocalEngine):  # keyed KV slots: one document's typing keeps others'
                     gen = partial(gen, cache_key=req.uri, adapt=adapt)
                 cand = await self._in_worker(gen, cancel)
             except asyncio.CancelledError:
@@ -302,7 +302,7 @@ class Completer:
             timings_ms={k: round(v, 2) for k, v in timings.items()},
             prompt_template=prompt.template,
             prompt_hash=prompt_hash(prompt.text),
-            model_id=getattr(engine, "model_id", ""),
+            model_id=engine.model_id,
             prompt=prompt.text,
             variant=self.variant,
         )

@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from ghost_lsp.engine.base import LocalTokens
 from ghost_lsp.positions import split_at
 from ghost_lsp.engine.ngram import BYTES_PER_TOKEN, MAX_CONTEXT, NgramModel, NgramTable
 
@@ -327,7 +328,7 @@ def workspace_for(current: WorkspaceNgrams | None, engine, settings, index) -> W
     cannot tokenize locally."""
     if current is not None and current.pinned:
         return current
-    if not settings.ngram_cache or not hasattr(engine, "encode") or not hasattr(engine, "token_bytes"):
+    if not settings.ngram_cache or not isinstance(engine, LocalTokens):
         if current is not None:
             current.stop()
         return None

@@ -259,15 +259,11 @@ def _rss_kb() -> int:
 
 def _load_engine(folder, settings: Settings | None = None):
     """Runs on a worker thread; the onnxruntime import is paid here, not at startup."""
-    if settings is not None and settings.remote_url:
-        from ghost_lsp.engine.remote import make_remote_engine
+    from ghost_lsp.engine.loading import load_engine
 
-        return make_remote_engine(settings, folder)
-    from ghost_lsp.engine.onnx import OnnxEngine
-
-    engine = OnnxEngine(folder)
-    provider = getattr(engine, "provider", None) or getattr(engine, "providers", None)
-    log.info("model %s from %s, execution provider %s", engine.model_id, folder, provider)
+    engine = load_engine(folder, settings)
+    if settings is None or not settings.remote_url:
+        log.info("model %s from %s, execution provider %s", engine.model_id, folder, engine.provider)
     return engine
 
 

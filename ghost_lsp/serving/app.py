@@ -84,11 +84,11 @@ class Server:
         self._loader = threading.Thread(target=self._load, name="ghost-model-load", daemon=True)
 
     def _load(self) -> None:
-        from ghost_lsp.engine.onnx import OnnxEngine
+        from ghost_lsp.engine.loading import load_local
 
         try:
-            engine = OnnxEngine(self.config.model_dir, self.config.providers, intra_op_threads=self.config.threads,
-                                reuse_kv=False)
+            engine = load_local(self.config.model_dir, providers=self.config.providers,
+                                intra_op_threads=self.config.threads, reuse_kv=False)
         except Exception as e:  # noqa: BLE001 - reported on /ready and in the log
             self.load_error = str(e)
             log.error("model not loaded: %s", e)

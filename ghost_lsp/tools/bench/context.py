@@ -55,7 +55,7 @@ def open_docs_for(path: str, files: dict[str, str], k: int = 3) -> dict[str, str
 def accuracy(project: Path, model: str, positions: int, modes: list[str], seed: int = 0,
              max_new_tokens: int = 32) -> dict:
     from ghost_lsp.completion.completer import Completer
-    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.engine.loading import load_local
     from ghost_lsp.settings.core import Settings
     from ghost_lsp.types import CompletionRequest
 
@@ -63,7 +63,7 @@ def accuracy(project: Path, model: str, positions: int, modes: list[str], seed: 
     index.build()
     files = dict(project_files(index))
     pos = nextline.sample_positions(files.items(), positions, seed=seed)
-    engine = OnnxEngine(model)
+    engine = load_local(model)
     base = Settings(debounce_ms=0, feedback=False, n=1, multiline="never", deadline_ms=600_000,
                     max_new_tokens=max_new_tokens)
     results = {}

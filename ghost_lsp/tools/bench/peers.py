@@ -90,9 +90,9 @@ def _torch_runner(model, threads: int) -> Runner:
 
 def _ghost_runner(folder: Path, fmt: str, threads: int) -> Runner:
     """The engine's own decoder loop (as OnnxEngine.generate runs it, minus sampling extras)."""
-    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.engine.loading import load_local
 
-    engine = OnnxEngine(folder, intra_op_threads=threads, reuse_kv=False)
+    engine = load_local(folder, intra_op_threads=threads, reuse_kv=False)
     dec = engine.decoder
     state = {}
 

@@ -155,11 +155,11 @@ def _compare(onnx_engine, model, ids_prefill, ids_decode, n_new, rounds) -> dict
 
 def section_engines(model_dir: Path, hf_dir: str | None, n_new: int, rounds: int, threads: int,
                     long_ctx: bool) -> list[dict]:
-    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.engine.loading import load_local
 
     rows = []
     with PeakRss() as mem_onnx:
-        engine = OnnxEngine(model_dir, intra_op_threads=threads)
+        engine = load_local(model_dir, intra_op_threads=threads)
         ctx = engine.manifest.context_length
         _onnx_run(engine, _prompt_ids(engine, min(256, ctx)), 4)
     hf, why = hf_dir_for(model_dir, hf_dir)
@@ -203,7 +203,7 @@ def _long_context_row(tokenizer, n_new, rounds, threads) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.engine.loading import load_local
 
     with tempfile.TemporaryDirectory(prefix="ghost-bench-1k-") as tmp:
         hf = Path(tmp) / "hf"
@@ -218,7 +218,7 @@ def _long_context_row(tokenizer, n_new, rounds, threads) -> dict:
         out = Path(tmp) / "onnx"
         export_quiet(hf, out, quantize="int8", min_agreement=0.0, logits_atol=1e-2,
                 manifest_fields={"name": "random-5m-1k"})
-        engine = OnnxEngine(out, intra_op_threads=threads)
+        engine = load_local(out, intra_op_threads=threads)
         rng = np.random.default_rng(3)
         ids_pf = rng.integers(10, cfg.vocab_size, 1024).tolist()
         ids_dec = rng.integers(10, cfg.vocab_size, 1024).tolist()
@@ -232,9 +232,9 @@ def _long_context_row(tokenizer, n_new, rounds, threads) -> dict:
 
 
 def _onnx_speed(folder: Path, threads: int, n_new: int, rounds: int) -> dict:
-    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.engine.loading import load_local
 
-    engine = OnnxEngine(folder, intra_op_threads=threads)
+    engine = load_local(folder, intra_op_threads=threads)
     ctx = engine.manifest.context_length
     ids_pf, ids_dec = _prompt_ids(engine, min(256, ctx), 1), _prompt_ids(engine, min(256, ctx - n_new), 2)
     pf, dec = [], []
@@ -355,11 +355,11 @@ def section_cache(model_dir: Path, package: str, threads: int, positions: int, s
     """The follow-up keystroke, warm vs the same request cold (empty caches): a character
     the suggestion did not predict (the model runs; KV reuse) and one it did (forward cache)."""
     from ghost_lsp.completion.completer import Completer
-    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.engine.loading import load_local
     from ghost_lsp.settings.core import Settings
     from ghost_lsp.types import CompletionRequest
 
-    engine = OnnxEngine(model_dir, intra_op_threads=threads)
+    engine = load_local(model_dir, intra_op_threads=threads)
     rec = _Recorder(engine)
     comp = Completer(rec, Settings(debounce_ms=0, feedback=False, context_providers=()))
     kv = {"cold": [], "warm": [], "cold_prefill": [], "warm_prefill": [], "reuse": [], "same_tokens": []}
@@ -683,10 +683,10 @@ def _table(results: list[dict]) -> str:
 def section_sampling(model_dir: Path, rounds: int) -> dict:
     """Top-p sampling cost per token: the partial-sort nucleus vs a full sort of the vocabulary,
     on the model's own next-token distributions (held-out-like code, temperature 0.8)."""
-    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.engine.loading import load_local
     from ghost_lsp.engine.sampling import log_softmax, top_p_filter, top_p_filter_sorted
 
-    engine = OnnxEngine(model_dir)
+    engine = load_local(model_dir)
     text = (PACKAGE / "completion" / "filters.py").read_text(encoding="utf-8")
     ids = engine.encode(text)[: engine.manifest.context_length]
     logits, _ = engine.decoder.run(ids, engine.decoder.empty_past())

@@ -256,12 +256,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main_args(args: argparse.Namespace) -> int:
     import json
 
-    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.engine.loading import load_local
     from ghost_lsp.settings.core import Settings, model_dir
 
     folder = Path(args.model) if args.model else model_dir(Settings())
-    engine = OnnxEngine(folder)
-    reranker = ModelReranker(OnnxEngine(args.rerank_model)) if args.rerank_model else None
+    engine = load_local(folder)
+    reranker = ModelReranker(load_local(args.rerank_model)) if args.rerank_model else None
     with tempfile.TemporaryDirectory(prefix="ghost-loops-") as tmp:
         if args.src:
             files = read_tree(Path(args.src))

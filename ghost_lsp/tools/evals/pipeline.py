@@ -28,11 +28,11 @@ class ModelLoadError(RuntimeError):
 
 def load_engine(folder: str | Path):
     from ghost_lsp.engine.base import EngineError
-    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.engine.loading import load_local
 
     try:
-        return OnnxEngine(folder)
-    except (EngineError, ImportError, OSError, ValueError) as e:
+        return load_local(folder)
+    except EngineError as e:
         raise ModelLoadError(f"cannot load the model from {folder}: {e}") from None
 
 

@@ -483,7 +483,7 @@ def compare(models: dict[str, str | Path], src_dirs: list[str | Path], *, positi
     """Measure several model folders side by side on the same held-out positions and windows."""
     from tokenizers import Tokenizer
 
-    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.engine.loading import load_local
     from ghost_lsp.tools.evals import nextline
     from ghost_lsp.tools.evals.loops import read_tree
     from ghost_lsp.tools.modelkit.train import fixed_windows
@@ -510,7 +510,7 @@ def compare(models: dict[str, str | Path], src_dirs: list[str | Path], *, positi
         if log:
             log(f"{label}: {folder}")
         res["models"][label] = {"folder": str(folder),
-                                **measure_model(OnnxEngine(folder), pos, max_new=max_new, windows=windows, log=log)}
+                                **measure_model(load_local(folder), pos, max_new=max_new, windows=windows, log=log)}
     return res
 
 
