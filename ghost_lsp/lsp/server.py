@@ -25,8 +25,9 @@ from ghost_lsp import __version__
 from ghost_lsp.completion.completer import Completer
 from ghost_lsp.lsp.documents import DocumentStore
 from ghost_lsp.feedback import FeedbackStore
-from ghost_lsp.feedback.session import FeedbackLoop, effective_settings
+from ghost_lsp.feedback.session import FeedbackLoop
 from ghost_lsp.lsp.framing import FramedIO, Oversize
+from ghost_lsp.settings.layers import effective_settings
 from ghost_lsp.settings.core import Settings, db_path, from_dict, model_dir, section_of_change
 from ghost_lsp.languages import language_for_path
 from ghost_lsp.positions import lines_of

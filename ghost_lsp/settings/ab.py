@@ -23,6 +23,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from ghost_lsp.settings.core import from_dict
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -75,8 +77,6 @@ def assign(variants: list[Variant], key: str) -> Variant | None:
 
 def choose(settings, key: str):
     """(settings with the assigned variant's overrides, variant name or "", warnings)."""
-    from ghost_lsp.settings.core import from_dict  # settings imports nothing of ours: no cycle
-
     variants, warnings = parse_variants(getattr(settings, "variants", ()))
     v = assign(variants, key)
     if v is None:
