@@ -61,8 +61,9 @@ def eval_settings(base: Settings | None = None, **overrides) -> Settings:
     return replace(base or Settings(), debounce_ms=0, feedback=False, **overrides)
 
 
-def is_loop(text: str) -> bool:
-    """Would the loop filter cut this raw candidate? (the same rules the pipeline runs)"""
+def filter_cuts_loop(text: str) -> bool:
+    """Would the loop filter cut this raw candidate? (the same rules the pipeline runs; the loop
+    benchmark's judge, loops.is_loop, is deliberately independent of them)"""
     ctx = Context(prefix="", suffix="", path="", language="python")
     return any(rule(text, ctx)[1] == "cycle" for rule in (repeated_span, repeated_lines))
 
@@ -157,7 +158,7 @@ class Pipeline:
         self.stats.latencies_ms.append((time.perf_counter() - t0) * 1000)
         self.stats.requests += 1
         raw = [c.text for c in self.engine.raw]
-        if any(is_loop(t) for t in raw):
+        if any(filter_cuts_loop(t) for t in raw):
             self.stats.loops += 1
         if completion is None:
             self.stats.empty += 1
