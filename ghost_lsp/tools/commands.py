@@ -71,14 +71,14 @@ def _add_model_commands(sub) -> list[str]:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    from ghost_lsp.tools.finetune import project_files
+    from ghost_lsp.tools.evals.sources import read_tree
     from ghost_lsp.tools.evals.scripted import format_confusion, run
 
     if args.project:
         if not Path(args.project).is_dir():
             print(f"ghost-lsp sessions: {args.project}: not a folder", file=sys.stderr)
             return 1
-        files = project_files(args.project)
+        files = read_tree(args.project)
     else:
         from ghost_lsp.tools.modelkit.tiny import TINY_CORPUS
 

@@ -318,16 +318,6 @@ def nextline(model_dir: str | Path, positions, settings=None) -> dict:
             "empty_rate": r.empty_rate}
 
 
-def project_files(root: str | Path) -> list[tuple[str, str]]:
-    out = []
-    for p in sorted(Path(root).rglob("*.py")):
-        try:
-            out.append((str(p), p.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError):
-            continue
-    return out
-
-
 # -- command line -------------------------------------------------------------------------------
 
 def add_parser(sub) -> None:
@@ -363,8 +353,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                            min_agreement=args.min_agreement)
         if args.eval_project:
             from ghost_lsp.tools.evals.nextline import sample_positions
+            from ghost_lsp.tools.evals.sources import read_tree
 
-            files = project_files(args.eval_project)
+            files = read_tree(args.eval_project)
             if not files:
                 raise ValueError(f"{args.eval_project}: no .py files")
             positions = sample_positions(files, args.positions)

@@ -96,12 +96,13 @@ def run(project: str | Path, model_dir: str | Path, work: str | Path, *, session
         steps: int = 150, minutes: float = 5.0, prompt_weight: float = 0.1, seed: int = 0,
         checkpoint: str | None = None) -> dict:
     from ghost_lsp.tools.evals.nextline import sample_positions
-    from ghost_lsp.tools.finetune import default_config, finetune, nextline, project_files
+    from ghost_lsp.tools.evals.sources import read_tree
+    from ghost_lsp.tools.finetune import default_config, finetune, nextline
     from ghost_lsp.feedback.report import export_rows, load, stats
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    files = project_files(project)
+    files = read_tree(project)
     ft_files, ho_files = split_files(files)
     if not ft_files or not ho_files:
         raise ValueError(f"{project}: too few .py files to split into worked-on and held-out")

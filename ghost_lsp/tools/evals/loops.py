@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ghost_lsp.context import collect_context
 from ghost_lsp.tools.evals import nextline
+from ghost_lsp.tools.evals.sources import read_tree
 from ghost_lsp.completion.filters import FilterSettings, StopCheck, apply_filters, cycle, recurring
 from ghost_lsp.completion.prompt import build_prompt
 from ghost_lsp.completion.rank import ModelReranker, rank
@@ -44,7 +45,10 @@ _LEX = re.compile(r"\w+|[^\w\s]")
 
 
 def is_loop(text: str) -> bool:
-    """Some substantial line 3+ times, or some 4-gram of lexical tokens with an identifier 3+ times."""
+    """Some substantial line 3+ times, or some 4-gram of lexical tokens with an identifier 3+ times.
+
+    The benchmark's own judge of a loop, independent of the filter's rules on purpose (it
+    measures them); pipeline.filter_cuts_loop asks the filter itself."""
     lines = Counter(re.sub(r"\s+", " ", l.strip()) for l in text.split("\n"))
     if any(n >= 3 and len(re.sub(r"[\W_]", "", l)) >= 3 for l, n in lines.items()):
         return True
@@ -66,16 +70,6 @@ def fetch_packages(names: list[str], dest: Path) -> list[tuple[str, str]]:
             with zipfile.ZipFile(archive) as z:
                 z.extractall(out)
     return read_tree(dest / "src")
-
-
-def read_tree(root: Path) -> list[tuple[str, str]]:
-    files = []
-    for p in sorted(root.rglob("*.py")):
-        try:
-            files.append((str(p), p.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError):
-            continue
-    return files
 
 
 def _document(p: nextline.Position) -> str:

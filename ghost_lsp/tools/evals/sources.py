@@ -20,10 +20,9 @@ _SKIP_DIRS = {".git", ".tox", ".venv", "venv", "node_modules", "__pycache__", "b
 
 
 def reserved_packages() -> set[str]:
-    from ghost_lsp.tools.modelkit.corpus import load_reserved
-    from ghost_lsp.tools.modelkit.recipe import RESERVED
+    from ghost_lsp.tools.reserved import EVAL_RESERVED, load_reserved
 
-    return load_reserved(RESERVED) if RESERVED.exists() else set()
+    return load_reserved(EVAL_RESERVED) if EVAL_RESERVED.exists() else set()
 
 
 def cache_dir() -> Path:
@@ -51,6 +50,17 @@ def download_sdist(name: str, dest: Path | None = None) -> Path:
 def _is_test_path(rel: str) -> bool:
     parts = rel.replace("\\", "/").split("/")
     return any(p in ("test", "tests", "testing") for p in parts[:-1]) or parts[-1].startswith("test_")
+
+
+def read_tree(root: str | Path) -> list[tuple[str, str]]:
+    """(path, text) of every readable UTF-8 .py file under `root`, in path order, nothing skipped."""
+    files = []
+    for p in sorted(Path(root).rglob("*.py")):
+        try:
+            files.append((str(p), p.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return files
 
 
 def read_python_files(source: str | Path, include_tests: bool = False) -> list[tuple[str, str]]:

@@ -24,6 +24,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from ghost_lsp.tools.reserved import load_reserved, normalise_name  # noqa: F401 - names of this module too
+
 log = logging.getLogger(__name__)
 
 # Licences we may train on and ship a model of: permissive only (no copyleft, no "unknown").
@@ -60,16 +62,6 @@ class PackageInfo:
     files: int = 0
     chars: int = 0
     dropped: dict = field(default_factory=dict)
-
-
-def normalise_name(name: str) -> str:
-    """PEP 503 normalisation, so 'More_Itertools' matches 'more-itertools'."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def load_reserved(path: str | Path) -> set[str]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return {normalise_name(s.strip()) for s in lines if s.strip() and not s.startswith("#")}
 
 
 def classify_licence(fields: dict[str, list[str]]) -> str | None:

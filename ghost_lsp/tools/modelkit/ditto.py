@@ -485,7 +485,7 @@ def compare(models: dict[str, str | Path], src_dirs: list[str | Path], *, positi
 
     from ghost_lsp.engine.loading import load_local
     from ghost_lsp.tools.evals import nextline
-    from ghost_lsp.tools.evals.loops import read_tree
+    from ghost_lsp.tools.evals.sources import read_tree
     from ghost_lsp.tools.modelkit.train import fixed_windows
 
     files = [f for d in src_dirs for f in read_tree(Path(d))]
