@@ -65,7 +65,7 @@ def test_rules_can_be_switched_off():
 
 
 def test_a_failing_rule_is_skipped_not_fatal(monkeypatch):
-    import ghost_lsp.completion.filters as f
+    import ghost_lsp.completion.filters.pipeline as f
 
     def boom(text, ctx):
         raise RuntimeError("bug")

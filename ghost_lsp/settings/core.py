@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ghost_lsp.completion.filters import FilterSettings
+from ghost_lsp.settings.filters import FilterSettings
 from ghost_lsp.paths import SHIPPED_MODEL
 
 SECTION = "ghost"

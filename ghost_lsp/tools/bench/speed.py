@@ -687,7 +687,7 @@ def section_sampling(model_dir: Path, rounds: int) -> dict:
     from ghost_lsp.engine.sampling import log_softmax, top_p_filter, top_p_filter_sorted
 
     engine = load_local(model_dir)
-    text = (PACKAGE / "completion" / "filters.py").read_text(encoding="utf-8")
+    text = (PACKAGE / "completion" / "filters" / "cycles.py").read_text(encoding="utf-8")
     ids = engine.encode(text)[: engine.manifest.context_length]
     logits, _ = engine.decoder.run(ids, engine.decoder.empty_past())
     dists = [np.exp(log_softmax(row / 0.8)) for row in logits]
