@@ -51,7 +51,7 @@ def test_fused_fp32_graph_matches_pytorch_at_every_position(tiny_llama16, tmp_pa
     """Prefill, a multi-token chunk after a past (drafts), one-token steps, truncate_past."""
     import onnxruntime as ort
 
-    from ghost_lsp.engine.onnx import Decoder
+    from ghost_lsp.engine.decoder import Decoder
     from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
 
     path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
@@ -126,7 +126,7 @@ def test_in_place_kv_buffers_never_overwrite_a_cache_handed_out(tiny_llama16, tm
     """Branching from an older cache (the KV cache reusing a prefix) copies into new buffers."""
     import onnxruntime as ort
 
-    from ghost_lsp.engine.onnx import Decoder
+    from ghost_lsp.engine.decoder import Decoder
     from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
 
     path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
@@ -215,7 +215,8 @@ def test_one_token_steps_match_pytorch_after_any_switch_of_cache(tiny_llama16, t
     buffers) and back to a longer one, and through the engine's KV-cache reuse across edits."""
     import onnxruntime as ort
 
-    from ghost_lsp.engine.onnx import Decoder, OnnxEngine
+    from ghost_lsp.engine.decoder import Decoder
+    from ghost_lsp.engine.onnx import OnnxEngine
     from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
     from ghost_lsp.types import SamplingParams
 
@@ -255,7 +256,7 @@ def test_in_place_batch_rows_join_and_leave_without_disturbing_the_others(tiny_l
 
     import onnxruntime as ort
 
-    from ghost_lsp.engine.onnx import Decoder
+    from ghost_lsp.engine.decoder import Decoder
     from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
     from ghost_lsp.serving.batcher import _InPlaceBatch
 

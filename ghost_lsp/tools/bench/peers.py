@@ -583,7 +583,7 @@ def table(result: dict) -> str:
 def run_peers(args) -> int:
     """Entry point for `ghost-lsp bench --peers` (args from bench.add_bench_parser)."""
     from ghost_lsp.tools.bench.checkpoints import hf_dir_for
-    from ghost_lsp.engine.onnx import default_threads
+    from ghost_lsp.engine.decoder import default_threads
     from ghost_lsp.settings.core import Settings, model_dir
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

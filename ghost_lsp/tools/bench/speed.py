@@ -711,7 +711,7 @@ SECTIONS = ("engines", "variants", "cache", "lsp", "bandwidth", "sampling")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ghost_lsp.engine.onnx import default_threads
+    from ghost_lsp.engine.decoder import default_threads
     from ghost_lsp.settings.core import Settings, model_dir
 
     if getattr(args, "peers", False):

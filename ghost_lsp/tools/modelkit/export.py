@@ -115,7 +115,7 @@ def _quantize_kind(src: Path, dst: Path, kind: str, graph: str) -> Path:
 def _session(path: Path):
     import onnxruntime as ort
 
-    from ghost_lsp.engine.onnx import Decoder
+    from ghost_lsp.engine.decoder import Decoder
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
