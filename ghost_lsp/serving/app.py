@@ -24,8 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ghost_lsp.serving.batcher import Batcher, Event, QueueFull, SeqParams, Sequence
+from ghost_lsp.serving.batcher import Batcher, QueueFull
 from ghost_lsp.serving.metrics import Metrics
+from ghost_lsp.serving.sequence import Event, SeqParams, Sequence
 
 log = logging.getLogger(__name__)
 
