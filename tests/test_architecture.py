@@ -142,6 +142,20 @@ def test_tools_are_named_only_at_their_mount():
     assert not named, "\n".join(named)
 
 
+MAX_LINES = 400
+
+
+def test_a_module_over_400_lines_says_why():
+    """A room too big to hold in mind states at its top why it stays one module."""
+    big = []
+    for m, p in modules().items():
+        text = p.read_text(encoding="utf-8")
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if text.count("\n") > MAX_LINES and "Why one module" not in doc:
+            big.append(f"{m}: {text.count(chr(10))} lines")
+    assert not big, "modules over 400 lines without a reason in their docstring:\n" + "\n".join(big)
+
+
 def test_the_graph_is_read():
     """The walker sees the imports it must (a guard against a test that checks nothing)."""
     g = graph()

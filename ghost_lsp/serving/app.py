@@ -3,6 +3,9 @@
 Endpoints: POST /v1/completions, GET /v1/models (bearer token when one is configured),
 GET /health (process alive), GET /ready (model loaded, queue not full), GET /metrics
 (Prometheus). Errors use OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+
+Why one module over 400 lines: the endpoints, their error shape, authentication and the
+model's loading share one app and its state; the batching itself is in batcher.py.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Peers:
                       (this project pins 4.57 for optimum), so it runs in a separate Python
                       (--genai-builder, or $GHOST_GENAI_BUILDER) building fp32/int8/int4.
 A peer that cannot run is a row with `skipped` and the reason, never dropped.
+
+Why one module over 400 lines: the three engines' runners, their logits check and their
+timing are compared side by side; the models they run are prepared in peer_models.py.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ the project's own pytest tests (the llm-ls testbed idea, small).
    file, and the test files that called the function run there (sandbox.py); a test that
    ran outside any test file (at import) sends the hole to the whole suite.
 A hole passes when those tests all pass.
+
+Why one module over 400 lines: the three steps above and the command are one eval, read in
+the order it runs; the sandbox and the sources are their own modules.
 """
 
 from __future__ import annotations

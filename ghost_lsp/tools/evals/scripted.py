@@ -14,6 +14,9 @@ server process.
 
 A session is data: a list of actions on the document (code-point offsets), so the same
 session can be sent as LSP messages by a client.
+
+Why one module over 400 lines: it is a catalogue of scenarios, a few lines each, read side by
+side with the replay that checks them.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ Work in text, not token ids: a byte-level BPE merges a line's newline with the n
 indentation, so the token sequence of `unit * R` is not R copies of the unit's tokens. Twins are
 found by character offset (same token id, start exactly one unit length earlier); boundary tokens
 without a twin are left out of the DITTO term.
+
+Why one module over 400 lines: the method in one place (units, sequences, the loss, the
+training stage and its loop comparison), as the paper describes it.
 """
 
 from __future__ import annotations
