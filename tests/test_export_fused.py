@@ -159,7 +159,9 @@ def test_fused_model_batches_right_padded_rows_like_single_sequences(fused_int8,
 
     from ghost_lsp.engine.onnx import OnnxEngine
     from ghost_lsp.serving import batcher as batcher_module
-    from ghost_lsp.serving.batcher import Batcher, SeqParams, Sequence, Stats, _InPlaceBatch
+    from ghost_lsp.serving.batch import _InPlaceBatch
+    from ghost_lsp.serving.batcher import Batcher, Stats
+    from ghost_lsp.serving.sequence import SeqParams, Sequence
     from ghost_lsp.types import SamplingParams
 
     if not in_place:
@@ -258,7 +260,7 @@ def test_in_place_batch_rows_join_and_leave_without_disturbing_the_others(tiny_l
 
     from ghost_lsp.engine.decoder import Decoder
     from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
-    from ghost_lsp.serving.batcher import _InPlaceBatch
+    from ghost_lsp.serving.batch import _InPlaceBatch
 
     path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
     dec = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), str(path))

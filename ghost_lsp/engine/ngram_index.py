@@ -81,6 +81,7 @@ class WorkspaceNgrams:
         self.max_tokens = max(0, int(max_tokens))
         self.max_file_tokens = max_file_tokens
         self.rebuild_delay_s = rebuild_delay_s
+        self.made_for: tuple = ()  # (engine, budget, index) identities: workspace_for's reuse key
         self._chunks = ChunkTokenizer(encode)
         self._lock = threading.RLock()
         self._files: dict[str, np.ndarray] = {}  # project tier: path -> tokens, in the index's order
@@ -333,12 +334,12 @@ def workspace_for(current: WorkspaceNgrams | None, engine, settings, index) -> W
             current.stop()
         return None
     key = (id(engine), settings.ngram_max_tokens, id(index))
-    if current is not None and getattr(current, "_key", None) == key:
+    if current is not None and current.made_for == key:
         return current
     if current is not None:
         current.stop()
     ws = WorkspaceNgrams(engine.encode, len(engine.token_bytes), max_tokens=settings.ngram_max_tokens)
-    ws._key = key
+    ws.made_for = key
     return ws.start(index)
 
 
