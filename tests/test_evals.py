@@ -278,3 +278,12 @@ def test_nonsense_rate_counts_confidence_and_syntax_drops_not_other_drops():
     assert m["nonsense_rate"] == pytest.approx(2 / 5)
     assert m["drop_low_confidence_rate"] == m["drop_syntax_rate"] == pytest.approx(1 / 5)
     assert m["drop_rate"] - m["nonsense_rate"] == pytest.approx(1 / 5)
+
+
+def test_the_recording_engine_is_as_local_as_its_engine(tiny_model_dir):
+    from ghost_lsp.engine.base import LocalEngine
+    from ghost_lsp.engine.loading import load_local
+    from ghost_lsp.tools.evals.pipeline import RecordingEngine
+
+    assert isinstance(RecordingEngine(load_local(tiny_model_dir)), LocalEngine)
+    assert not isinstance(RecordingEngine(object()), LocalEngine)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ghost_lsp.completion.completer import Completer
 from ghost_lsp.completion.filters import repeated_lines, repeated_span
+from ghost_lsp.engine.base import LocalEngine
 from ghost_lsp.settings.core import Settings
 from ghost_lsp.types import Candidate, Completion, CompletionRequest, Context, SamplingParams
 
@@ -44,6 +45,11 @@ class RecordingEngine:
         self.temperature: float | None = None  # None: keep the Completer's choice
         self.seed: int | None = None
         self.raw: list[Candidate] = []
+        # isinstance(self, LocalEngine) answers as for the wrapped engine: a runtime protocol looks
+        # at the instance itself (Python 3.12 no longer asks __getattr__), so bind its members here.
+        if isinstance(engine, LocalEngine):
+            for name in ("model_id", "manifest", "provider", "token_bytes", "encode", "token_logprobs"):
+                setattr(self, name, getattr(engine, name))
 
     def __getattr__(self, name):
         return getattr(self._engine, name)
