@@ -1,4 +1,4 @@
-"""Plain values handed from one pipeline stage to the next (see shared/DESIGN.md, "The flow").
+"""Plain values handed from one pipeline stage to the next (see ARCHITECTURE.md, "The flow").
 
 Nothing here imports lsprotocol: the server translates LSP to and from these types,
 so every later stage can be tested and reused (CLI, eval harness) without an editor.

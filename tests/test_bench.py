@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from ghost_lsp.bench import bytes_per_token, copy_bandwidth_gbs
+from ghost_lsp.tools.bench.hardware import bytes_per_token, copy_bandwidth_gbs
 from ghost_lsp.cli import main
 
 

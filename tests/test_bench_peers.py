@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from ghost_lsp import bench_peers as bp
+from ghost_lsp.tools.bench import peer_models as pm
+from ghost_lsp.tools.bench import peers as bp
 
 FAST = (("fp32 fused", {"graph": "fused", "quantize": "none"}),
         ("int8 fused (MatMulNBits)", {"graph": "fused", "quantize": "int8-nbits"}))
@@ -21,20 +22,20 @@ def test_logits_check_passes_close_and_fails_far_or_misshapen():
 
 
 def test_genai_builder_missing_is_a_reason(monkeypatch, tmp_path):
-    monkeypatch.delenv(bp.GENAI_BUILDER_ENV, raising=False)
-    py, why = bp.genai_builder_python(None)
+    monkeypatch.delenv(pm.GENAI_BUILDER_ENV, raising=False)
+    py, why = pm.genai_builder_python(None)
     assert py is None and "transformers>=5" in why
-    py, why = bp.genai_builder_python(str(tmp_path / "nope" / "python"))
+    py, why = pm.genai_builder_python(str(tmp_path / "nope" / "python"))
     assert py is None and "does not exist" in why
 
 
 @pytest.fixture(scope="module")
 def small_llama(tmp_path_factory):
     """2 layers, dims multiples of 32 (GGUF blocks), 2 query heads per KV head."""
-    from ghost_lsp.modelkit.tiny import build_tiny_hf
+    from ghost_lsp.tools.modelkit.tiny import build_tiny_hf
 
     tok = build_tiny_hf(tmp_path_factory.mktemp("tok"), "llama") / "tokenizer.json"
-    return bp.build_random_llama(tmp_path_factory.mktemp("small"), tok, 64, hidden_size=64,
+    return pm.build_random_llama(tmp_path_factory.mktemp("small"), tok, 64, hidden_size=64,
                                  intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                                  num_key_value_heads=2)
 
@@ -76,7 +77,7 @@ def test_engine_whose_fp32_logits_disagree_is_not_timed(small_llama, tmp_path, m
 def test_gguf_writer_quantizes_and_ties_like_llama_cpp_expects(small_llama, tmp_path):
     import gguf
 
-    info = bp.write_gguf(small_llama, tmp_path / "m-q8.gguf", "q8_0")
+    info = pm.write_gguf(small_llama, tmp_path / "m-q8.gguf", "q8_0")
     assert info["fallback_f16"] == []
     reader = gguf.GGUFReader(str(tmp_path / "m-q8.gguf"))
     types = {t.name: t.tensor_type.name for t in reader.tensors}
@@ -90,7 +91,7 @@ def test_gguf_f32_logits_match_pytorch_in_llama_cpp(small_llama, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    bp.write_gguf(small_llama, tmp_path / "m-f32.gguf", "f32")
+    pm.write_gguf(small_llama, tmp_path / "m-f32.gguf", "f32")
     ids = list(range(3, 40))
     model = AutoModelForCausalLM.from_pretrained(small_llama, dtype=torch.float32).eval()
     with torch.no_grad():

@@ -4,10 +4,12 @@ import asyncio
 
 import pytest
 
-from ghost_lsp.cache import Debouncer, ForwardCache, split_at
-from ghost_lsp.completer import Completer
-from ghost_lsp.filters import ALL_OFF
-from ghost_lsp.settings import Settings
+from ghost_lsp.completion.debounce import Debouncer
+from ghost_lsp.completion.forward_cache import ForwardCache
+from ghost_lsp.positions import split_at
+from ghost_lsp.completion.completer import Completer
+from ghost_lsp.completion.filters import ALL_OFF
+from ghost_lsp.settings.core import Settings
 from ghost_lsp.types import Completion, CompletionRequest
 from tests.test_completer import FakeEngine
 
@@ -141,7 +143,7 @@ async def test_a_burst_is_coalesced_into_one_inference():
 
 
 def test_a_settings_change_drops_cached_suggestions_but_an_unchanged_one_keeps_them():
-    from ghost_lsp.server import GhostServer
+    from ghost_lsp.lsp.server import GhostServer
 
     server = GhostServer(Settings())
     server.apply_settings(initial=True)

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from ghost_lsp.completer import Completer, is_excluded, want_multiline
-from ghost_lsp.manifest import Manifest
-from ghost_lsp.settings import Settings
+from ghost_lsp.completion.completer import Completer, is_excluded, want_multiline
+from ghost_lsp.engine.manifest import Manifest
+from ghost_lsp.settings.core import Settings
 from ghost_lsp.types import Candidate, CompletionRequest
 
 TEXT = "def add(a, b):\n    return \n"

@@ -1,7 +1,8 @@
 import pytest
 
 from ghost_lsp.context import collect_context
-from ghost_lsp.context.window import language_for_path, offset_of
+from ghost_lsp.positions import offset_of
+from ghost_lsp.languages import language_for_path
 
 DOC = "import os\n\ndef f(x):\n    return x\n"
 

@@ -9,7 +9,8 @@ import pytest
 
 from ghost_lsp.context import ContextRequest, FanOut, gather, make_providers
 from ghost_lsp.context.cleaner import StripComments
-from ghost_lsp.context.index import IgnoreRules, ProjectIndex, outline_module
+from ghost_lsp.context.index import IgnoreRules, ProjectIndex
+from ghost_lsp.context.outline import outline_module
 from ghost_lsp.context.neighbours import OpenFiles
 from ghost_lsp.context.project import ProjectDefinitions, parse_imports
 from ghost_lsp.types import Context, Snippet

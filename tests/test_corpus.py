@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from ghost_lsp.modelkit.corpus import (NearDuplicateIndex, build_corpus, classify_licence, is_validation,
+from ghost_lsp.tools.modelkit.corpus import (NearDuplicateIndex, build_corpus, classify_licence, is_validation,
                                        normalise_name, parse_pkg_info, reject_reason)
 
 CODE = "".join(f"def f{i}(x):\n    return x * {i}\n\n" for i in range(10))
@@ -87,7 +87,7 @@ def test_build_corpus_end_to_end(tmp_path):
 
 
 def test_stdlib_source_is_found():
-    from ghost_lsp.modelkit.corpus import stdlib_packages
+    from ghost_lsp.tools.modelkit.corpus import stdlib_packages
 
     names = {info.name for info, _ in stdlib_packages()}
     assert "stdlib-json" in names and "stdlib-test" not in names

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ghost_lsp.modelkit.ditto import (
+from ghost_lsp.tools.modelkit.ditto import (
     DittoConfig,
     RepeatBuilder,
     build_repeat_sample,
@@ -142,7 +142,7 @@ def test_a_few_steps_lower_the_repeat_probability_on_a_toy_model(tiny_hf_llama, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ghost_lsp.modelkit.tiny import TINY_CORPUS
+    from ghost_lsp.tools.modelkit.tiny import TINY_CORPUS
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a busy 2-core machine: two threads wait on each other
@@ -185,7 +185,7 @@ def test_recipe_stage_fine_tunes_the_student(tiny_hf_llama, tmp_path):
     import shutil
 
     from ghost_lsp.cli import main
-    from ghost_lsp.modelkit.tiny import TINY_CORPUS
+    from ghost_lsp.tools.modelkit.tiny import TINY_CORPUS
 
     work = tmp_path / "work"
     (work / "corpus").mkdir(parents=True)

@@ -10,7 +10,7 @@ import pytest
 from ghost_lsp.engine.base import EngineError
 from ghost_lsp.engine.healing import Healer, advance, heal_split, token_bytes_table
 from ghost_lsp.engine.onnx import OnnxEngine
-from ghost_lsp.modelkit.tiny import train_tiny_tokenizer
+from ghost_lsp.tools.modelkit.tiny import train_tiny_tokenizer
 from ghost_lsp.types import SamplingParams
 
 GREEDY = SamplingParams(max_new_tokens=12)
@@ -293,7 +293,7 @@ def test_serving_imports_stay_light():
     import subprocess
     import sys
 
-    code = ("import sys, ghost_lsp.engine.onnx, ghost_lsp.modelkit.export, ghost_lsp.modelkit.tiny; "
+    code = ("import sys, ghost_lsp.engine.onnx, ghost_lsp.tools.modelkit.export, ghost_lsp.tools.modelkit.tiny; "
             "heavy = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,7 +4,8 @@
 import onnxruntime as ort
 import pytest
 
-from ghost_lsp.engine import onnx as eng
+from ghost_lsp.engine import decoder as eng
+from ghost_lsp.engine.onnx import OnnxEngine
 from ghost_lsp.engine.base import EngineError
 
 
@@ -32,6 +33,6 @@ def test_cuda_is_chosen_when_the_build_has_it(monkeypatch):
 
 
 def test_engine_uses_the_options(tiny_model_dir):
-    e = eng.OnnxEngine(tiny_model_dir, intra_op_threads=1, graph_optimization="basic", kv_entries=2)
+    e = OnnxEngine(tiny_model_dir, intra_op_threads=1, graph_optimization="basic", kv_entries=2)
     assert e.provider == "CPUExecutionProvider" and e.kv_cache.max_entries == 2
-    assert eng.OnnxEngine(tiny_model_dir, reuse_kv=False).kv_cache.max_entries == 0
+    assert OnnxEngine(tiny_model_dir, reuse_kv=False).kv_cache.max_entries == 0

@@ -8,19 +8,20 @@ import tarfile
 import pytest
 
 from ghost_lsp import cli
-from ghost_lsp.evals import humaneval as he
-from ghost_lsp.evals.history import History, Record, compare
-from ghost_lsp.evals.nextline import sample_positions
-from ghost_lsp.evals.sandbox import Limits, run_program
-from ghost_lsp.evals.sources import read_python_files
-from ghost_lsp.evals.stats import paired
+from ghost_lsp.cli import common
+from ghost_lsp.tools.evals import humaneval as he
+from ghost_lsp.tools.evals.history import History, Record, compare
+from ghost_lsp.tools.evals.nextline import sample_positions
+from ghost_lsp.tools.evals.sandbox import Limits, run_program
+from ghost_lsp.tools.evals.sources import read_python_files
+from ghost_lsp.tools.evals.stats import paired
 
 FAST = Limits(timeout_s=2, memory_mb=512)
 
 
 @pytest.fixture
 def quiet_logging(monkeypatch):
-    monkeypatch.setattr(cli, "_setup_logging", lambda *a: None)
+    monkeypatch.setattr(common, "setup_logging", lambda *a: None)
 
 
 # -- sandbox -------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ class _ScriptedEngine:
     model_id = "scripted"
 
     def __init__(self, outputs):
-        from ghost_lsp.manifest import Manifest
+        from ghost_lsp.engine.manifest import Manifest
 
         self.manifest = Manifest(name="scripted")
         self.outputs = list(outputs)
@@ -254,8 +255,8 @@ class _ScriptedEngine:
 
 
 def test_nonsense_rate_counts_confidence_and_syntax_drops_not_other_drops():
-    from ghost_lsp.evals.pipeline import Pipeline, drop_reason
-    from ghost_lsp.settings import Settings
+    from ghost_lsp.tools.evals.pipeline import Pipeline, drop_reason
+    from ghost_lsp.settings.core import Settings
 
     assert drop_reason(["cycle", "empty"]) == "cycle"
     assert drop_reason(["end_of_line", "low_confidence"]) == "low_confidence"
@@ -277,3 +278,12 @@ def test_nonsense_rate_counts_confidence_and_syntax_drops_not_other_drops():
     assert m["nonsense_rate"] == pytest.approx(2 / 5)
     assert m["drop_low_confidence_rate"] == m["drop_syntax_rate"] == pytest.approx(1 / 5)
     assert m["drop_rate"] - m["nonsense_rate"] == pytest.approx(1 / 5)
+
+
+def test_the_recording_engine_is_as_local_as_its_engine(tiny_model_dir):
+    from ghost_lsp.engine.base import LocalEngine
+    from ghost_lsp.engine.loading import load_local
+    from ghost_lsp.tools.evals.pipeline import RecordingEngine
+
+    assert isinstance(RecordingEngine(load_local(tiny_model_dir)), LocalEngine)
+    assert not isinstance(RecordingEngine(object()), LocalEngine)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ghost_lsp.engine.onnx import OnnxEngine
-from ghost_lsp.manifest import Manifest
-from ghost_lsp.modelkit import export as ex
+from ghost_lsp.engine.manifest import Manifest
+from ghost_lsp.tools.modelkit import export as ex
 from ghost_lsp.types import SamplingParams
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def test_fp32_export_is_marked_unquantized_and_smaller_int8(tiny_model_dir, tiny
 
 
 def test_gpt2_through_the_cli(tmp_path, capsys):
-    from ghost_lsp.modelkit.tiny import build_tiny_hf
+    from ghost_lsp.tools.modelkit.tiny import build_tiny_hf
 
     hf = build_tiny_hf(tmp_path / "hf", "gpt2")
     parser = argparse.ArgumentParser(prog="ghost-lsp model")

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from ghost_lsp.modelkit import export as ex
+from ghost_lsp.tools.modelkit import export as ex
 
 
 @pytest.fixture(scope="module")
 def tiny_llama16(tmp_path_factory):
     """tiny_hf_llama's shape with head_dim 16 (GroupQueryAttention needs a multiple of 8)."""
-    from ghost_lsp.modelkit.tiny import build_tiny_hf
+    from ghost_lsp.tools.modelkit.tiny import build_tiny_hf
 
     return build_tiny_hf(tmp_path_factory.mktemp("tiny-llama16"), "llama", hidden=64)
 
@@ -51,8 +51,8 @@ def test_fused_fp32_graph_matches_pytorch_at_every_position(tiny_llama16, tmp_pa
     """Prefill, a multi-token chunk after a past (drafts), one-token steps, truncate_past."""
     import onnxruntime as ort
 
-    from ghost_lsp.engine.onnx import Decoder
-    from ghost_lsp.modelkit.llama_graph import build_llama_graph
+    from ghost_lsp.engine.decoder import Decoder
+    from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
 
     path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
     dec = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), str(path))
@@ -95,7 +95,7 @@ def test_fused_int4_and_unsupported_models(tiny_llama16, tiny_hf_llama, tmp_path
     nodes = onnx.load(str(tmp_path / "int4" / "model.onnx")).graph.node
     bits = {a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert bits == {4} and any(n.op_type == "GatherBlockQuantized" for n in nodes)
-    from ghost_lsp.modelkit.llama_graph import UnsupportedModel, build_llama_graph
+    from ghost_lsp.tools.modelkit.llama_graph import UnsupportedModel, build_llama_graph
 
     with pytest.raises(UnsupportedModel, match="head_dim 12"):  # 48 hidden / 4 heads
         build_llama_graph(tiny_hf_llama, tmp_path / "x.onnx")
@@ -126,8 +126,8 @@ def test_in_place_kv_buffers_never_overwrite_a_cache_handed_out(tiny_llama16, tm
     """Branching from an older cache (the KV cache reusing a prefix) copies into new buffers."""
     import onnxruntime as ort
 
-    from ghost_lsp.engine.onnx import Decoder
-    from ghost_lsp.modelkit.llama_graph import build_llama_graph
+    from ghost_lsp.engine.decoder import Decoder
+    from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
 
     path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
     dec = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), str(path))
@@ -159,7 +159,9 @@ def test_fused_model_batches_right_padded_rows_like_single_sequences(fused_int8,
 
     from ghost_lsp.engine.onnx import OnnxEngine
     from ghost_lsp.serving import batcher as batcher_module
-    from ghost_lsp.serving.batcher import Batcher, SeqParams, Sequence, Stats, _InPlaceBatch
+    from ghost_lsp.serving.batch import _InPlaceBatch
+    from ghost_lsp.serving.batcher import Batcher, Stats
+    from ghost_lsp.serving.sequence import SeqParams, Sequence
     from ghost_lsp.types import SamplingParams
 
     if not in_place:
@@ -215,8 +217,9 @@ def test_one_token_steps_match_pytorch_after_any_switch_of_cache(tiny_llama16, t
     buffers) and back to a longer one, and through the engine's KV-cache reuse across edits."""
     import onnxruntime as ort
 
-    from ghost_lsp.engine.onnx import Decoder, OnnxEngine
-    from ghost_lsp.modelkit.llama_graph import build_llama_graph
+    from ghost_lsp.engine.decoder import Decoder
+    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
     from ghost_lsp.types import SamplingParams
 
     path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
@@ -255,9 +258,9 @@ def test_in_place_batch_rows_join_and_leave_without_disturbing_the_others(tiny_l
 
     import onnxruntime as ort
 
-    from ghost_lsp.engine.onnx import Decoder
-    from ghost_lsp.modelkit.llama_graph import build_llama_graph
-    from ghost_lsp.serving.batcher import _InPlaceBatch
+    from ghost_lsp.engine.decoder import Decoder
+    from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
+    from ghost_lsp.serving.batch import _InPlaceBatch
 
     path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
     dec = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), str(path))

@@ -7,9 +7,9 @@ import pytest
 
 from ghost_lsp.cli import main
 from ghost_lsp.feedback import FeedbackStore
-from ghost_lsp.feedback.ab import assign, choose, parse_variants
+from ghost_lsp.settings.ab import assign, choose, parse_variants
 from ghost_lsp.feedback.report import load, parse_since, two_proportion_p, wilson
-from ghost_lsp.settings import Settings
+from ghost_lsp.settings.core import Settings
 from ghost_lsp.types import Candidate, Completion, CompletionRequest
 
 REQ = CompletionRequest(uri="file:///w/a.py", version=1, line=0, character=0)

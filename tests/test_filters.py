@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ghost_lsp.filters import ALL_OFF, FilterSettings, StopCheck, apply_filters, bracket_balance, code_mask
+from ghost_lsp.completion.filters import ALL_OFF, FilterSettings, StopCheck, apply_filters, bracket_balance, code_mask
 from ghost_lsp.types import Candidate, Context
 
 DATA = Path(__file__).parent / "data" / "filters"
@@ -65,7 +65,7 @@ def test_rules_can_be_switched_off():
 
 
 def test_a_failing_rule_is_skipped_not_fatal(monkeypatch):
-    import ghost_lsp.filters as f
+    import ghost_lsp.completion.filters.pipeline as f
 
     def boom(text, ctx):
         raise RuntimeError("bug")
@@ -145,7 +145,7 @@ def test_engine_survives_a_broken_check_and_reports_model_logprobs_when_sampling
 
 
 def test_recurring_counts_overlapping_phrase_copies():
-    from ghost_lsp.filters import recurring
+    from ghost_lsp.completion.filters import recurring
 
     ctx = Context(prefix="x = ", suffix="", path="a.py", language="python")
     # 'the name of the name' occurs three times, two of them overlapping: cut at the third.
@@ -156,7 +156,7 @@ def test_recurring_counts_overlapping_phrase_copies():
 
 
 def test_loops_eval_counts_cycle_cuts_on_real_code():
-    from ghost_lsp.evals.loops import real_code_cuts
+    from ghost_lsp.tools.evals.loops import real_code_cuts
 
     # a phrase's third copy, never back to back: only the recurring rule cuts it
     parallel = "x = load(path, mode) + 1\nif ready:\n    y = 2 * load(path, mode)\nreturn load(path, mode)\n"

@@ -4,8 +4,8 @@ manifest names its parent and data; rejects are not trained on; bad input is one
 import json
 from pathlib import Path
 
-from ghost_lsp.feedback.finetune import encode, read_export
-from ghost_lsp.modelkit.tiny import TINY_CORPUS
+from ghost_lsp.tools.finetune import encode, read_export
+from ghost_lsp.tools.modelkit.tiny import TINY_CORPUS
 
 LINES = [ln for ln in TINY_CORPUS.split("\n") if ln.strip().startswith(("return", "self.", "for ", "if "))]
 
@@ -39,7 +39,7 @@ def test_read_export_uses_positives_and_keeps_rejects_apart(tmp_path):
 def test_encode_marks_the_first_target_token(tiny_model_dir):
     from tokenizers import Tokenizer
 
-    from ghost_lsp.feedback.finetune import Example
+    from ghost_lsp.tools.finetune import Example
 
     tok = Tokenizer.from_file(str(Path(tiny_model_dir) / "tokenizer.json"))
     ids, first = encode(tok, Example("x" * 2000 + "\n    ", "return a + b", "accepted"), 64)
@@ -50,7 +50,7 @@ def test_encode_marks_the_first_target_token(tiny_model_dir):
 def test_finetune_round_trip(tiny_model_dir, tmp_path, capsys):
     from ghost_lsp.cli import main
     from ghost_lsp.engine.onnx import OnnxEngine
-    from ghost_lsp.manifest import Manifest
+    from ghost_lsp.engine.manifest import Manifest
     from ghost_lsp.types import SamplingParams
 
     export = write_export(tmp_path / "export.jsonl")

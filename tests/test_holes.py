@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from ghost_lsp import cli
-from ghost_lsp.evals import holes as H
-from ghost_lsp.evals.sandbox import Limits
+from ghost_lsp.cli import common
+from ghost_lsp.tools.evals import holes as H
+from ghost_lsp.tools.evals.sandbox import Limits
 from ghost_lsp.types import Candidate, Completion
 
 PROJECT = Path(__file__).parent / "data" / "holes_project"
@@ -99,7 +100,7 @@ def test_sdists_are_unpacked_to_their_project_folder(tmp_path):
 
 
 def test_holes_smoke_on_a_real_model_records_history(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_setup_logging", lambda *a: None)
+    monkeypatch.setattr(common, "setup_logging", lambda *a: None)
     db = tmp_path / "h.db"
     samples = tmp_path / "s.jsonl"
     rc = cli.main(["eval", "holes", "--model", str(tiny_model_dir), "--source", str(PROJECT), "--limit", "2",
@@ -120,7 +121,7 @@ def test_holes_smoke_on_a_real_model_records_history(tiny_model_dir, tmp_path, c
 
 
 def test_bad_input_gets_a_clear_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_setup_logging", lambda *a: None)
+    monkeypatch.setattr(common, "setup_logging", lambda *a: None)
     assert cli.main(["eval", "holes", "--no-history"]) == 1
     assert "--package NAME or --source PATH" in capsys.readouterr().err
     assert cli.main(["eval", "holes", "--source", str(tmp_path / "nowhere"), "--no-history"]) == 1
@@ -133,7 +134,7 @@ def test_bad_input_gets_a_clear_error(tmp_path, capsys, monkeypatch):
 
 
 def test_sandbox_copies_a_project_in_and_reads_one_file_back(tmp_path):
-    from ghost_lsp.evals.sandbox import run_program
+    from ghost_lsp.tools.evals.sandbox import run_program
 
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "m.py").write_text("X = 1\n")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ghost_lsp.evals.keystrokes import ghost_of, run_keystrokes, split_files
+from ghost_lsp.tools.evals.keystrokes import ghost_of, run_keystrokes, split_files
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from ghost_lsp.engine.onnx import KvCache, OnnxEngine, common_prefix
+from ghost_lsp.engine.kv_cache import KvCache, common_prefix
+from ghost_lsp.engine.onnx import OnnxEngine
 from ghost_lsp.types import SamplingParams
 
 GREEDY = SamplingParams(max_new_tokens=12)

@@ -1,4 +1,4 @@
-from ghost_lsp.evals.nextline import edit_similarity, evaluate, function_body_lines, sample_positions
+from ghost_lsp.tools.evals.nextline import edit_similarity, evaluate, function_body_lines, sample_positions
 
 SRC = '''import os
 

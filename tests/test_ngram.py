@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from ghost_lsp.context.ngram_index import ChunkTokenizer, WorkspaceNgrams, adaptation, workspace_for
+from ghost_lsp.engine.ngram_index import ChunkTokenizer, WorkspaceNgrams, adaptation, workspace_for
 from ghost_lsp.engine.ngram import BYTES_PER_TOKEN, MAX_CONTEXT, MixStats, NgramModel, NgramTable, context_hash
-from ghost_lsp.settings import Settings
+from ghost_lsp.settings.core import Settings
 
 
 def byte_encode(text: str) -> list[int]:
@@ -224,7 +224,7 @@ def test_a_keystroke_rebuilds_only_the_cursors_chunk_of_the_current_document():
     the chunk keeps the rest's table, leaving the chunk rebuilds it, and the two together count
     what one table over the document split at the cursor counts (n-grams across the chunk's
     edges included: each table has the tokens beyond its edge as context)."""
-    from ghost_lsp.context.ngram_index import CHUNK_LINES
+    from ghost_lsp.engine.ngram_index import CHUNK_LINES
 
     text = "".join(f"row_{i} = fn({i})\n" for i in range(4 * CHUNK_LINES))
     ws = WorkspaceNgrams(byte_encode, 256)

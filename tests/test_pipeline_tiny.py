@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ghost_lsp.modelkit.tiny import TINY_CORPUS
+from ghost_lsp.tools.modelkit.tiny import TINY_CORPUS
 
 pytestmark = pytest.mark.slow
 
@@ -12,9 +12,9 @@ pytestmark = pytest.mark.slow
 def test_tiny_train_distil_export_quantize_load(tmp_path):
     pytest.importorskip("torch")
     from ghost_lsp.engine.onnx import OnnxEngine
-    from ghost_lsp.modelkit.export import export_onnx
-    from ghost_lsp.modelkit.tokenizer import save_tokenizer, train_tokenizer
-    from ghost_lsp.modelkit.train import TrainConfig, train
+    from ghost_lsp.tools.modelkit.export import export_onnx
+    from ghost_lsp.tools.modelkit.tokenizer import save_tokenizer, train_tokenizer
+    from ghost_lsp.tools.modelkit.train import TrainConfig, train
     from ghost_lsp.types import SamplingParams
 
     corpus = tmp_path / "corpus"

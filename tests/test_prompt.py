@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from ghost_lsp.manifest import Manifest
-from ghost_lsp.prompt import BUILTIN_PLAIN, TemplateError, build_prompt, load_template, render, template_for
+from ghost_lsp.engine.manifest import Manifest
+from ghost_lsp.completion.prompt import BUILTIN_PLAIN, TemplateError, build_prompt, load_template, render, template_for
 from ghost_lsp.types import Context
 
 
@@ -76,7 +76,7 @@ def test_braces_in_code_do_not_break_rendering():
 
 # -- snippets and the budget --------------------------------------------------------------------
 
-from ghost_lsp.prompt import Template, render_parts  # noqa: E402
+from ghost_lsp.completion.prompt import Template, render_parts  # noqa: E402
 from ghost_lsp.types import Snippet  # noqa: E402
 
 FIM = Template(name="t", version=1, fim=True, template="<fim_prefix>{snippets}{prefix}<fim_suffix>{suffix}<fim_middle>",

@@ -61,7 +61,7 @@ def test_prompt_command_rejects_bad_input(tmp_path, tiny_model_dir, capsys):
 
 
 def test_server_reindexes_on_save_and_on_deleted_watched_file(tmp_path):
-    from ghost_lsp.server import create_server
+    from ghost_lsp.lsp.server import create_server
 
     app = make_project(tmp_path)
     server = create_server()

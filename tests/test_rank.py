@@ -1,6 +1,6 @@
 import pytest
 
-from ghost_lsp.rank import AGREE_BONUS, CUT_PENALTY, ModelReranker, rank, score
+from ghost_lsp.completion.rank import AGREE_BONUS, CUT_PENALTY, ModelReranker, rank, score
 from ghost_lsp.types import Candidate
 
 
@@ -96,7 +96,7 @@ class TempEngine:
     model_id = "fake:temps"
 
     def __init__(self):
-        from ghost_lsp.manifest import Manifest
+        from ghost_lsp.engine.manifest import Manifest
 
         self.manifest = Manifest(name="fake")
         self.calls = []
@@ -112,8 +112,8 @@ class TempEngine:
 
 
 async def test_candidates_at_set_temperatures_ranked_with_alternatives():
-    from ghost_lsp.completer import Completer
-    from ghost_lsp.settings import Settings
+    from ghost_lsp.completion.completer import Completer
+    from ghost_lsp.settings.core import Settings
     from ghost_lsp.types import CompletionRequest
 
     engine = TempEngine()
@@ -130,8 +130,8 @@ async def test_candidates_at_set_temperatures_ranked_with_alternatives():
 async def test_filter_settings_reach_the_filters_and_cuts_are_counted():
     from dataclasses import replace
 
-    from ghost_lsp.completer import Completer
-    from ghost_lsp.settings import Settings, from_dict
+    from ghost_lsp.completion.completer import Completer
+    from ghost_lsp.settings.core import Settings, from_dict
     from ghost_lsp.types import CompletionRequest
 
     class Loopy(TempEngine):

@@ -11,8 +11,9 @@ import pytest
 
 from ghost_lsp.engine.base import EngineError
 from ghost_lsp.engine.onnx import OnnxEngine
-from ghost_lsp.engine.remote import RemoteEngine, RemoteError, RemoteUnavailable, make_remote_engine
-from ghost_lsp.settings import Settings
+from ghost_lsp.engine.loading import make_remote_engine
+from ghost_lsp.engine.remote import RemoteEngine, RemoteError, RemoteUnavailable
+from ghost_lsp.settings.core import Settings
 from ghost_lsp.types import SamplingParams
 from test_serving_http import TOKEN, free_port, start_model_server, stop
 

@@ -7,9 +7,9 @@ import random
 import pytest
 
 from ghost_lsp.feedback.infer import Tracker
-from ghost_lsp.feedback.scripted import (LONG_WAITS, SCENARIOS, Change, Command, build, confusion, corpus,
+from ghost_lsp.tools.evals.scripted import (LONG_WAITS, SCENARIOS, Change, Command, build, confusion, corpus,
                                          format_confusion, replay)
-from ghost_lsp.modelkit.tiny import TINY_CORPUS
+from ghost_lsp.tools.modelkit.tiny import TINY_CORPUS
 
 FILES = [("sample.py", TINY_CORPUS)]
 

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from ghost_lsp.engine.onnx import OnnxEngine
-from ghost_lsp.serving.batcher import Batcher, QueueFull, SeqParams, Sequence, Stats, _holdback
+from ghost_lsp.serving.batcher import Batcher, QueueFull, Stats
+from ghost_lsp.serving.sequence import SeqParams, Sequence, _holdback
 from ghost_lsp.types import SamplingParams
 
 PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Stack:\n    def push(self, item):\n        self.",

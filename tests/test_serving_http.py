@@ -15,9 +15,9 @@ import openai
 import pytest
 
 from ghost_lsp.engine.onnx import OnnxEngine
-from ghost_lsp.serving.bench import free_port, server_log
-from ghost_lsp.serving.bench import start_model_server as start
-from ghost_lsp.serving.bench import stop_model_server as stop
+from ghost_lsp.tools.bench.serving import free_port, server_log
+from ghost_lsp.tools.bench.serving import start_model_server as start
+from ghost_lsp.tools.bench.serving import stop_model_server as stop
 from ghost_lsp.types import SamplingParams
 
 TOKEN = "test-token-4f2c"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ghost_lsp.settings import (DEFAULT_EXCLUDE, Settings, db_path, default_db_path, from_dict,
+from ghost_lsp.settings.core import (DEFAULT_EXCLUDE, Settings, db_path, default_db_path, from_dict,
                                 load_file, model_dir)
 
 
@@ -96,7 +96,7 @@ def test_paths(monkeypatch, tmp_path):
 
 
 def test_section_of_change():
-    from ghost_lsp.settings import section_of_change
+    from ghost_lsp.settings.core import section_of_change
 
     assert section_of_change({"ghost": {"n": 2}, "python": {}}) == {"n": 2}
     assert section_of_change({"maxNewTokens": 8}) == {"maxNewTokens": 8}  # flat (Helix)

@@ -112,8 +112,8 @@ def test_graph_with_last_position_logits_only_falls_back_to_plain(engine):
 def test_completer_feeds_the_cache_and_reports_what_it_did(tiny_model_dir_fp32, tmp_path):
     import asyncio
 
-    from ghost_lsp.completer import Completer
-    from ghost_lsp.settings import Settings
+    from ghost_lsp.completion.completer import Completer
+    from ghost_lsp.settings.core import Settings
     from ghost_lsp.types import CompletionRequest
 
     text = "def add(a, b):\n    return a + b\n\ndef add(a, b):\n    return a + b\n\ndef add(a, b):\n    "

@@ -1,4 +1,4 @@
-from ghost_lsp.modelkit.tokenizer import SPECIAL_TOKENS, train_tokenizer
+from ghost_lsp.tools.modelkit.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 TEXTS = ["def f(x):\n    return x + 1\n", "class A:\n    def m(self):\n        pass\n"] * 50
 

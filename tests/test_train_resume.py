@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from ghost_lsp.modelkit.tiny import TINY_CORPUS
+from ghost_lsp.tools.modelkit.tiny import TINY_CORPUS
 
 pytestmark = pytest.mark.slow
 
 
 def _corpus(tmp_path):
-    from ghost_lsp.modelkit.tokenizer import save_tokenizer, train_tokenizer
+    from ghost_lsp.tools.modelkit.tokenizer import save_tokenizer, train_tokenizer
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -23,7 +23,7 @@ def _corpus(tmp_path):
 
 def test_compact_model_matches_hugging_face_llama():
     torch = pytest.importorskip("torch")
-    from ghost_lsp.modelkit.compact import CompactConfig, CompactLlama
+    from ghost_lsp.tools.modelkit.compact import CompactConfig, CompactLlama
 
     torch.manual_seed(0)
     m = CompactLlama(CompactConfig(vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -40,7 +40,7 @@ def test_compact_model_matches_hugging_face_llama():
 
 
 def test_wsd_schedule_holds_the_peak_then_decays():
-    from ghost_lsp.modelkit.train import TrainConfig, lr_schedule
+    from ghost_lsp.tools.modelkit.train import TrainConfig, lr_schedule
 
     cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule="wsd", decay_frac=0.2)
     assert lr_schedule(cfg, 0, 0.0) == pytest.approx(1e-4)
@@ -51,7 +51,7 @@ def test_wsd_schedule_holds_the_peak_then_decays():
 
 def test_resume_continues_from_pre_decay_weights_and_refuses_a_corrupt_checkpoint(tmp_path):
     pytest.importorskip("torch")
-    from ghost_lsp.modelkit.train import TrainConfig, load_resume_state, train
+    from ghost_lsp.tools.modelkit.train import TrainConfig, load_resume_state, train
 
     corpus, tok = _corpus(tmp_path)
     common = dict(context_length=64, batch_size=4, warmup_steps=3, eval_every=10, eval_windows=4, bf16=False,
@@ -81,8 +81,8 @@ def test_resume_continues_from_pre_decay_weights_and_refuses_a_corrupt_checkpoin
 def test_gpu_pack_and_run_use_the_same_trainer(tmp_path):
     """The prepared GPU run, tried on CPU at toy size: pack → run → a resumable bf16 checkpoint."""
     pytest.importorskip("torch")
-    from ghost_lsp.modelkit.gpu import pack, run
-    from ghost_lsp.modelkit.train import load_resume_state, tokenize_split
+    from ghost_lsp.tools.modelkit.gpu import pack, run
+    from ghost_lsp.tools.modelkit.train import load_resume_state, tokenize_split
 
     corpus, tok = _corpus(tmp_path)
     work = tmp_path / "work"
@@ -97,7 +97,7 @@ def test_gpu_pack_and_run_use_the_same_trainer(tmp_path):
     recipe.write_text('name = "toy"\n[gpu]\nhidden_size = 32\nnum_layers = 1\nnum_heads = 2\nnum_kv_heads = 2\n'
                       'intermediate_size = 64\ncontext_length = 32\nbatch_size = 4\nmax_steps = 12\n'
                       'warmup_steps = 2\neval_every = 6\neval_windows = 2\ncompile = false\nbf16 = false\n')
-    from ghost_lsp.modelkit import recipe as rmod
+    from ghost_lsp.tools.modelkit import recipe as rmod
 
     r = rmod.Recipe(recipe, work=str(work))
     assert r.tokenizer_path.is_file()
@@ -116,7 +116,7 @@ def test_gpu_pack_and_run_use_the_same_trainer(tmp_path):
 
 def test_loss_plot_draws_each_run(tmp_path):
     pytest.importorskip("matplotlib")
-    from ghost_lsp.modelkit.plots import plot_runs, read_log
+    from ghost_lsp.tools.modelkit.plots import plot_runs, read_log
 
     for name, losses in (("a", [5.0, 4.0, 3.5]), ("b", [4.8, 3.9])):
         d = tmp_path / name

@@ -15,7 +15,7 @@ import time
 from functools import lru_cache
 
 from ghost_lsp.context.base import NEIGHBOURS, ContextRequest
-from ghost_lsp.context.window import language_for_path
+from ghost_lsp.languages import language_for_path
 from ghost_lsp.types import Context, Snippet
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -6,58 +6,9 @@ far edge of its context (the line under the cursor is always kept whole up to th
 
 from __future__ import annotations
 
+from ghost_lsp.languages import language_for_path
+from ghost_lsp.positions import offset_of
 from ghost_lsp.types import Context
-
-LANGUAGE_BY_SUFFIX = {
-    ".py": "python", ".pyi": "python", ".js": "javascript", ".ts": "typescript", ".rs": "rust",
-    ".go": "go", ".c": "c", ".h": "c", ".cpp": "cpp", ".java": "java", ".rb": "ruby", ".lua": "lua",
-    ".sh": "shellscript", ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json", ".md": "markdown",
-}
-
-
-def language_for_path(path: str, default: str = "plaintext") -> str:
-    for suffix, lang in LANGUAGE_BY_SUFFIX.items():
-        if path.endswith(suffix):
-            return lang
-    return default
-
-
-def offset_of(text: str, line: int, character: int) -> int:
-    """Code-point offset of (line, character); ValueError when the position does not exist.
-
-    A character past the end of its line is clamped to the line end (editors send such
-    positions after trailing whitespace is trimmed); a line past the end is an error.
-    """
-    if line < 0 or character < 0:
-        raise ValueError(f"negative position {line}:{character}")
-    start = 0
-    for _ in range(line):
-        nl = text.find("\n", start)
-        if nl < 0:
-            raise ValueError(f"line {line} is past the end of the document")
-        start = nl + 1
-    end = text.find("\n", start)
-    if end < 0:
-        end = len(text)
-    line_text = text[start:end].rstrip("\r")
-    return start + min(character, len(line_text))
-
-
-def read_at(path, line: int, col: int) -> str:
-    """The text of `path` (a pathlib.Path), checking that the 1-based (line, col) an editor shows
-    exists in it; ValueError says what is wrong. For commands that take a file and a position."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    lines = text.split("\n")
-    if not 1 <= line <= len(lines):
-        raise ValueError(f"--line {line} is outside {path} (1..{len(lines)})")
-    width = len(lines[line - 1].rstrip("\r")) + 1
-    if not 1 <= col <= width:
-        raise ValueError(f"--col {col} is outside line {line} (1..{width})")
-    return text
-
 
 def _tail_lines(text: str, max_chars: int) -> str:
     """The last `max_chars` of text, widened forward to a line start."""

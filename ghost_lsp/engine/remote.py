@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ghost_lsp.engine.base import EngineError
-from ghost_lsp.manifest import Manifest
+from ghost_lsp.engine.manifest import Manifest
 from ghost_lsp.types import Candidate, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class RemoteEngine:
         if self.manifest is None:
             self.manifest = Manifest(name=model or "remote", family="plain", context_length=2048)
         self.model_id = f"remote:{model or self.manifest.name}"
+        self.provider = self.url  # the Engine protocol's "what runs it"
 
     def __repr__(self) -> str:  # never shows the token
         return f"RemoteEngine({self.url!r}, model={self.model!r}, auth={'yes' if self._token else 'no'})"
@@ -377,26 +378,3 @@ def _retry_after(value: str | None) -> float:
         return min(MAX_RETRY_AFTER_S, max(0.05, float(value))) if value else 0.25
     except ValueError:
         return 0.25
-
-
-def make_remote_engine(settings, model_dir) -> RemoteEngine:
-    """The language server's remote engine from its settings; the local model (if loadable)
-    becomes the fall-back and the token counter."""
-    import os
-
-    token = settings.remote_token or os.environ.get("GHOST_LSP_REMOTE_TOKEN", "")
-    fallback = None
-    has_local = model_dir is not None and Path(model_dir, "manifest.json").is_file()
-    if settings.remote_fallback and has_local:
-        try:
-            from ghost_lsp.engine.onnx import OnnxEngine
-
-            fallback = OnnxEngine(model_dir)
-        except (EngineError, ImportError, OSError) as e:
-            log.warning("remote engine: no local fall-back (%s)", e)
-    engine = RemoteEngine(settings.remote_url, token=token or None, timeout_ms=settings.remote_timeout_ms,
-                          model=settings.remote_model, model_dir=model_dir if has_local else None, fallback=fallback)
-    engine.discover()
-    log.info("remote engine %r: model %s, context %d, fall-back %s", engine, engine.model_id,
-             engine.manifest.context_length, fallback.model_id if fallback else "none")
-    return engine

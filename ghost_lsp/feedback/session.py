@@ -2,45 +2,21 @@
 
 Keeps server.py to one call per LSP message: suggestions shown, document changes and the
 accept command go to the `Tracker`; a timer on the event loop runs its survival checks
-and expiries; the A/B variant and the workspace's `.ghostignore` are folded into the
-settings here.
+and expiries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
-from pathlib import Path
 from typing import Callable
 
-from ghost_lsp.feedback.ab import choose
 from ghost_lsp.feedback.infer import Tracker
+from ghost_lsp.positions import line_span
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
-GHOSTIGNORE = ".ghostignore"
-
-
-def ghostignore(root: str | None) -> tuple[str, ...]:
-    """Globs from <root>/.ghostignore (gitignore-like: one per line, # comments)."""
-    if not root:
-        return ()
-    try:
-        text = (Path(root) / GHOSTIGNORE).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return ()
-    return tuple(ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
-
-
-def effective_settings(settings, root: str | None, install_key: str):
-    """(settings with .ghostignore globs and the A/B variant applied, variant name, warnings).
-    The variant is keyed on the workspace root, else on `install_key`."""
-    extra = ghostignore(root)
-    if extra:
-        settings = replace(settings, exclude=tuple(settings.exclude) + extra)
-    return choose(settings, root or install_key)
 
 
 class FeedbackLoop:
@@ -74,8 +50,7 @@ class FeedbackLoop:
 
     def shown(self, uri: str, suggestion_id: str, suggestion: str, doc_text: str, line: int, col: int) -> None:
         try:
-            lines = doc_text.split("\n")
-            offset = sum(len(ln) + 1 for ln in lines[:line]) + col
+            offset = line_span(doc_text, line)[0] + col
             self.tracker.shown(uri, suggestion_id, suggestion, doc_text, offset)
         except Exception:
             log.exception("feedback: shown")

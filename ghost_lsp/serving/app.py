@@ -3,6 +3,9 @@
 Endpoints: POST /v1/completions, GET /v1/models (bearer token when one is configured),
 GET /health (process alive), GET /ready (model loaded, queue not full), GET /metrics
 (Prometheus). Errors use OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+
+Why one module over 400 lines: the endpoints, their error shape, authentication and the
+model's loading share one app and its state; the batching itself is in batcher.py.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ghost_lsp.serving.batcher import Batcher, Event, QueueFull, SeqParams, Sequence
+from ghost_lsp.serving.batcher import Batcher, QueueFull
 from ghost_lsp.serving.metrics import Metrics
+from ghost_lsp.serving.sequence import Event, SeqParams, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +88,16 @@ class Server:
         self._loader = threading.Thread(target=self._load, name="ghost-model-load", daemon=True)
 
     def _load(self) -> None:
-        from ghost_lsp.engine.onnx import OnnxEngine
+        from ghost_lsp.engine.loading import load_local
 
         try:
-            engine = OnnxEngine(self.config.model_dir, self.config.providers, intra_op_threads=self.config.threads,
-                                reuse_kv=False)
+            engine = load_local(self.config.model_dir, providers=self.config.providers,
+                                intra_op_threads=self.config.threads, reuse_kv=False)
         except Exception as e:  # noqa: BLE001 - reported on /ready and in the log
             self.load_error = str(e)
             log.error("model not loaded: %s", e)
             return
-        from ghost_lsp.prompt import template_for
+        from ghost_lsp.completion.prompt import template_for
 
         self.template = template_for(engine.manifest)
         self.engine = engine

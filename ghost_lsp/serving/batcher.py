@@ -16,24 +16,23 @@ holds `pad[i]` dead positions, so each row computes what it would alone:
 (With an fp32 model the greedy output is the same token for token; a dynamically quantized int8
 model picks its activation scales over the whole batch, so its logits shift slightly with it.)
 
-Per-sequence decoding (token healing, sampling, stop sequences) mirrors OnnxEngine._generate.
+Per-sequence decoding (token healing, sampling, stop sequences) is the engine's own step
+(engine/decode.py), in sequence.py; the padded caches are in batch.py.
 """
 
 from __future__ import annotations
 
-import codecs
 import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from ghost_lsp.engine.healing import advance, heal_split
 from ghost_lsp.engine.onnx import OnnxEngine
-from ghost_lsp.engine.sampling import choose_token, choose_tokens, log_softmax
+from ghost_lsp.engine.sampling import choose_tokens
+from ghost_lsp.serving.batch import _Batch, _InPlaceBatch, pads_right
+from ghost_lsp.serving.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -43,338 +42,6 @@ IN_PLACE_MAX_BYTES = 2 << 30  # the in-place batch's KV buffers at most (all slo
 
 class QueueFull(Exception):
     """The bounded queue is full: answer 429 with Retry-After instead of queueing."""
-
-
-@dataclass
-class SeqParams:
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    logprobs: int | None = None  # top alternatives per token (OpenAI `logprobs`), None = off
-
-
-@dataclass
-class Event:
-    """What a sequence produced since its last event. `final` carries finish_reason."""
-
-    text: str
-    tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
-    text_offset: list[int]
-    final: bool = False
-    finish_reason: str | None = None
-
-
-def _holdback(text: str, stops: list[str]) -> int:
-    """Chars at the end of `text` that could still become a stop sequence (not safe to send)."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
-
-
-class Sequence:
-    """One completion being generated; `emit` is called from the scheduler thread."""
-
-    def __init__(self, engine: OnnxEngine, prompt_ids: list[int], params: SeqParams, deadline: float,
-                 emit: Callable[[Event], None]):
-        self.params, self.deadline, self.emit = params, deadline, emit
-        self.engine = engine
-        self.prompt_tokens = len(prompt_ids)
-        keep, self.healed = heal_split(prompt_ids, engine.token_bytes) if engine._healer else (len(prompt_ids), b"")
-        self.ids = prompt_ids[:keep] or ([engine.eos_id] if engine.eos_id is not None else [])
-        self.remaining = self.healed
-        self.max_steps = params.max_tokens + (len(prompt_ids) - keep)
-        self.rng = np.random.default_rng(params.seed)
-        self.counts = np.zeros(len(engine.token_bytes), dtype=np.int32)
-        self.stops = [s for s in params.stop if s]
-        self.generated = b""
-        self.text = ""
-        self.steps = 0
-        self.completion_tokens = 0
-        # per generated token (healed-tail tokens included): start byte, string, log-probs
-        self.starts: list[int] = []
-        self.tok_text: list[str] = []
-        self.tok_lp: list[float] = []
-        self.tok_top: list[dict[str, float]] = []
-        self.sent_chars = 0
-        self.sent_tokens = 0
-        self.next_token: int | None = None
-        self.cancelled = False
-        self.done = False
-        self.submitted = time.monotonic()
-        self.admitted_at: float | None = None  # prefilled and running
-        self.first_token_at: float | None = None
-
-    def cancel(self) -> None:
-        self.cancelled = True  # read by the scheduler between steps
-
-    def consume(self, logits: np.ndarray) -> bool:
-        """Choose the next token from `logits`; return True when the sequence has finished."""
-        eng, p = self.engine, self.params
-        mask = eng._allowed
-        if self.remaining:
-            mask = eng._healer.mask(self.remaining)
-            if not mask.any():
-                mask, self.remaining, self.generated = eng._allowed, b"", self.healed
-        tok, lp = choose_token(logits, temperature=p.temperature, top_p=p.top_p, counts=self.counts,
-                               frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty,
-                               mask=mask, rng=self.rng)
-        return self.take(tok, lp, logits, mask)
-
-    def take(self, tok: int, lp: float, logits: np.ndarray, mask: np.ndarray) -> bool:
-        """Record the chosen token (from `consume`, or from a batched choice for rows that are
-        past token healing); return True when the sequence has finished."""
-        eng, p = self.engine, self.params
-        self.steps += 1
-        if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
-        if tok == eng.eos_id:
-            return self.finish("stop")
-        self.counts[tok] += 1
-        self.starts.append(len(self.generated))
-        self.generated += eng.token_bytes[tok]
-        self.tok_text.append(eng.token_bytes[tok].decode("utf-8", "replace"))
-        if p.logprobs is not None:
-            self.tok_lp.append(lp)
-            if p.logprobs > 0:
-                lps = log_softmax(np.where(mask, logits, -np.inf))
-                top = np.argpartition(-lps, p.logprobs)[:p.logprobs] if p.logprobs < len(lps) else np.arange(len(lps))
-                self.tok_top.append({eng.token_bytes[int(i)].decode("utf-8", "replace"): float(lps[i])
-                                     for i in top[np.argsort(-lps[top])]})
-        if self.remaining:
-            self.remaining = advance(self.remaining, eng.token_bytes[tok])
-        if not self.remaining:
-            self.completion_tokens += 1
-            self.text = codecs.getincrementaldecoder("utf-8")("replace").decode(
-                self.generated[len(self.healed):], final=False)
-            cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
-            if cut >= 0:
-                self.text = self.text[:cut]
-                return self.finish("stop")
-        if self.steps >= self.max_steps:
-            return self.finish("length")
-        self.next_token = tok
-        self._send(final=False)
-        return False
-
-    def _offsets(self) -> list[int]:
-        h = len(self.healed)
-        return [len(self.generated[h:b].decode("utf-8", "ignore")) if b > h else 0 for b in self.starts]
-
-    def _send(self, final: bool, reason: str | None = None) -> None:
-        safe = len(self.text) if final else len(self.text) - _holdback(self.text, self.stops)
-        if not final and safe <= self.sent_chars:
-            return
-        offsets = self._offsets()
-        # Tokens that start before the end of the text sent (as OnnxEngine cuts at a stop).
-        cut_byte = len(self.healed) + len(self.text[:safe].encode("utf-8"))
-        n_tok = sum(1 for b in self.starts if b < cut_byte)
-        sl = slice(self.sent_tokens, n_tok)
-        has_lp = self.params.logprobs is not None
-        ev = Event(text=self.text[self.sent_chars:safe], tokens=self.tok_text[sl],
-                   token_logprobs=self.tok_lp[sl] if has_lp else [],
-                   top_logprobs=self.tok_top[sl] if has_lp and self.params.logprobs else [],
-                   text_offset=offsets[sl] if has_lp else [], final=final, finish_reason=reason)
-        self.sent_chars, self.sent_tokens = max(safe, self.sent_chars), max(n_tok, self.sent_tokens)
-        try:
-            self.emit(ev)
-        except Exception:  # a vanished listener must not stop the batch
-            log.debug("event listener failed", exc_info=True)
-            self.cancelled = True
-
-    def finish(self, reason: str) -> bool:
-        if not self.done:
-            self.done = True
-            self._send(final=True, reason=reason)
-        return True
-
-
-def pads_right(decoder) -> bool:
-    """Rows of this graph are right-padded: it takes no position_ids, and its attention reads
-    each row's length from the mask (the fused export: logits_to_keep marks it)."""
-    return "position_ids" not in decoder.extra and "attention_mask" in decoder.extra and decoder.can_keep_last
-
-
-class _Batch:
-    """The running rows and their padded KV cache (left- or right-padded, per the graph)."""
-
-    def __init__(self, decoder):
-        self.dec = decoder
-        self.right = pads_right(decoder)
-        self.rows: list[Sequence] = []
-        self.pad: list[int] = []
-        self.cache: dict[str, np.ndarray] = {}
-        self.length = 0  # Lmax
-
-    def _pad(self, arr: np.ndarray, axis: int, n: int) -> np.ndarray:
-        if n == 0:
-            return arr
-        widths = [(0, 0)] * arr.ndim
-        widths[axis] = (0, n) if self.right else (n, 0)
-        return np.pad(arr, widths)
-
-    def join(self, seq: Sequence, cache: dict[str, np.ndarray]) -> None:
-        n = self.dec.past_length(cache)
-        if not self.rows:
-            self.rows, self.pad, self.cache, self.length = [seq], [0], dict(cache), n
-            return
-        if n > self.length:
-            grow = n - self.length
-            self.cache = {k: self._pad(v, self.dec.past[k][2], grow) for k, v in self.cache.items()}
-            self.pad = [p + grow for p in self.pad]
-            self.length = n
-        extra = self.length - n
-        self.cache = {k: np.concatenate([v, self._pad(cache[k], self.dec.past[k][2], extra)], axis=0)
-                      for k, v in self.cache.items()}
-        self.rows.append(seq)
-        self.pad.append(extra)
-
-    def row_length(self, i: int) -> int:
-        return self.length - self.pad[i]
-
-    def keep(self, keep: list[int]) -> None:
-        if len(keep) == len(self.rows):
-            return
-        self.rows = [self.rows[i] for i in keep]
-        self.pad = [self.pad[i] for i in keep]
-        if not self.rows:
-            self.cache, self.length = {}, 0
-            return
-        idx = np.asarray(keep)
-        trim = min(self.pad)  # columns dead in every remaining row
-        out = {}
-        for k, v in self.cache.items():
-            v = v[idx]
-            if trim:
-                sl = [slice(None)] * v.ndim
-                sl[self.dec.past[k][2]] = slice(0, self.length - trim) if self.right else slice(trim, None)
-                v = v[tuple(sl)]
-            out[k] = np.ascontiguousarray(v)
-        self.cache = out
-        self.pad = [p - trim for p in self.pad]
-        self.length -= trim
-
-    def step(self) -> np.ndarray:
-        """One decode step for every row; returns logits (rows, vocab)."""
-        dec, b = self.dec, len(self.rows)
-        feed = {"input_ids": np.asarray([[r.next_token] for r in self.rows], dtype=dec.input_ids_type)}
-        if "attention_mask" in dec.extra:
-            mask = np.ones((b, self.length + 1), dtype=dec.extra["attention_mask"])
-            for i, p in enumerate(self.pad):
-                if p:  # the row's dead positions: after its real ones, or before them
-                    mask[i, slice(self.length + 1 - p, None) if self.right else slice(0, p)] = 0
-            feed["attention_mask"] = mask
-        if "position_ids" in dec.extra:
-            feed["position_ids"] = np.asarray([[self.length - p] for p in self.pad], dtype=dec.extra["position_ids"])
-        elif any(self.pad) and not self.right:
-            raise RuntimeError("padded batches need a graph with position_ids")
-        if dec.can_keep_last:
-            feed["logits_to_keep"] = np.array([1], dtype=np.int64)
-        feed.update(self.cache)
-        outs = dec.session.run(dec.output_names, feed)
-        self.cache = {dec.present_to_past[n]: a for n, a in zip(dec.output_names[1:], outs[1:])}
-        self.length += 1
-        return outs[0][:, -1, :]
-
-
-class _InPlaceBatch:
-    """The running rows of a fused graph on the CPU, their caches in one preallocated buffer per
-    layer, (slots, kv_heads, capacity, head_dim), that past and present share through IO binding.
-
-    GroupQueryAttention appends each row's new key/value at that row's own length (the mask's
-    row sum), in place, so a step copies no cache (the padded batch's graph copies all of it
-    into a new present every step). Rows sit in slots 0..B-1, so the first B slots are one
-    contiguous block to bind; a row joins by copying its prefill cache into slot B and rows
-    leave by moving the ones after them down. The attention mask keeps its full width, ones up
-    to each row's length, so its shape changes only when B does.
-    """
-
-    def __init__(self, decoder, slots: int, capacity: int):
-        self.dec = decoder
-        cap = capacity  # positions a row may reach (≤ the graph's rotary tables)
-        self.slots = slots
-        self.bufs: dict[str, np.ndarray] = {}
-        for name, (shape, dtype, axis) in decoder.past.items():
-            full = list(shape)
-            full[0], full[axis] = slots, cap
-            self.bufs[name] = np.zeros(full, dtype=dtype)
-        self.axis = {name: axis for name, (_, _, axis) in decoder.past.items()}
-        self.mask = np.zeros((slots, cap), dtype=decoder.extra["attention_mask"])
-        self.ids = np.zeros((slots, 1), dtype=decoder.input_ids_type)
-        self.logits = np.zeros((slots, 1, decoder.vocab_size), dtype=np.float32)
-        self.keep_one = np.ones(1, dtype=np.int64)
-        self.lens = np.zeros(slots, dtype=np.int64)  # each row's cached positions
-        self.rows: list[Sequence] = []
-        self._binding = None
-        self._bound = -1  # the row count the binding's shapes are for
-
-    def row_length(self, i: int) -> int:
-        return int(self.lens[i])
-
-    def _slot(self, name: str, slot: int, n: int) -> tuple:
-        index = [slice(None)] * self.bufs[name].ndim
-        index[0], index[self.axis[name]] = slot, slice(0, n)
-        return tuple(index)
-
-    def join(self, seq: Sequence, cache) -> None:
-        b = len(self.rows)
-        if b >= self.slots:
-            raise RuntimeError(f"no free batch slot ({self.slots})")
-        n = self.dec.past_length(cache)
-        for name, buf in self.bufs.items():
-            buf[self._slot(name, b, n)] = cache[name][0]
-        self.mask[b] = 0
-        self.mask[b, :n] = 1
-        self.lens[b] = n
-        self.rows = self.rows + [seq]  # a new list: other threads read a snapshot of it
-
-    def keep(self, keep: list[int]) -> None:
-        if len(keep) == len(self.rows):
-            return
-        for j, i in enumerate(keep):  # keep is increasing, so slot j is free or already moved
-            if i != j:
-                n = int(self.lens[i])
-                for name, buf in self.bufs.items():
-                    buf[self._slot(name, j, n)] = buf[self._slot(name, i, n)]
-                self.mask[j] = self.mask[i]
-                self.lens[j] = n
-        self.rows = [self.rows[i] for i in keep]
-
-    def _bind(self, b: int) -> None:
-        dec = self.dec
-        binding = self._binding = dec.session.io_binding()
-        for present, name in dec.present_to_past.items():
-            buf = self.bufs[name]
-            shape = [b] + list(buf.shape[1:])
-            binding.bind_input(name, "cpu", 0, buf.dtype, shape, buf.ctypes.data)
-            binding.bind_output(present, "cpu", 0, buf.dtype, shape, buf.ctypes.data)
-        binding.bind_input("input_ids", "cpu", 0, self.ids.dtype, [b, 1], self.ids.ctypes.data)
-        binding.bind_input("attention_mask", "cpu", 0, self.mask.dtype, [b, self.mask.shape[1]],
-                           self.mask.ctypes.data)
-        binding.bind_input("logits_to_keep", "cpu", 0, np.int64, [1], self.keep_one.ctypes.data)
-        binding.bind_output(dec.logits_name, "cpu", 0, np.float32, [b, 1, self.logits.shape[2]],
-                            self.logits.ctypes.data)
-        self._bound = b
-
-    def step(self) -> np.ndarray:
-        """One decode step for every row; returns logits (rows, vocab)."""
-        b = len(self.rows)
-        if b != self._bound:
-            self._bind(b)
-        self.ids[:b, 0] = [r.next_token for r in self.rows]
-        self.mask[np.arange(b), self.lens[:b]] = 1  # the position the new token takes
-        self.dec.session.run_with_iobinding(self._binding)
-        self.lens[:b] += 1
-        return self.logits[:b, 0, :].copy()
 
 
 class Stats:
@@ -553,7 +220,7 @@ class Batcher:
         """Next token of every row: rows past token healing share the engine's mask and are
         chosen in one batched numpy call (the same tokens as one by one: see choose_tokens);
         rows still re-spelling a healed prompt tail have their own mask and go one by one."""
-        plain = [i for i, s in enumerate(rows) if not s.remaining]
+        plain = [i for i, s in enumerate(rows) if not s.gen.remaining]
         if len(plain) < 2:  # nothing to batch
             return [s.consume(logits[i]) for i, s in enumerate(rows)]
         done = [False] * len(rows)
@@ -561,15 +228,15 @@ class Batcher:
         ps = [s.params for s in seqs]
         fp = np.array([p.frequency_penalty for p in ps])
         pp = np.array([p.presence_penalty for p in ps])
-        counts = np.stack([s.counts for s in seqs]) if fp.any() or pp.any() else None
+        counts = np.stack([s.gen.counts for s in seqs]) if fp.any() or pp.any() else None
         toks, lps = choose_tokens(logits[plain], temperatures=np.array([p.temperature for p in ps]),
                                   top_ps=np.array([p.top_p for p in ps]), counts=counts,
-                                  frequency_penalties=fp, presence_penalties=pp, mask=self.engine._allowed,
-                                  rngs=[s.rng for s in seqs])
+                                  frequency_penalties=fp, presence_penalties=pp, mask=self.engine.vocab.allowed,
+                                  rngs=[s.gen.rng for s in seqs])
         for j, i in enumerate(plain):
-            done[i] = rows[i].take(int(toks[j]), float(lps[j]), logits[i], self.engine._allowed)
+            done[i] = rows[i].take(int(toks[j]), float(lps[j]), logits[i], self.engine.vocab.allowed)
         for i, s in enumerate(rows):
-            if s.remaining:  # still healing: its own mask
+            if s.gen.remaining:  # still healing: its own mask
                 done[i] = s.consume(logits[i])
         return done
 

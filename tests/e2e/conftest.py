@@ -18,7 +18,7 @@ def model_dir(request, tmp_path_factory) -> Path:
     try:
         return Path(request.getfixturevalue("tiny_model_dir"))
     except pytest.FixtureLookupError:
-        from ghost_lsp.modelkit.tiny import build_tiny_model
+        from ghost_lsp.tools.modelkit.tiny import build_tiny_model
 
         return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from ghost_lsp import cli
+from ghost_lsp.cli import common
 
 SOURCE = "import os\n\n\ndef add(a, b):\n    return \n"
 
@@ -20,7 +21,7 @@ def sample(tmp_path):
 
 @pytest.fixture
 def quiet_logging(monkeypatch):
-    monkeypatch.setattr(cli, "_setup_logging", lambda *a: None)  # leave pytest's handlers alone
+    monkeypatch.setattr(common, "setup_logging", lambda *a: None)  # leave pytest's handlers alone
 
 
 def test_complete_json_on_a_real_model(model_dir, sample):

@@ -13,8 +13,8 @@ import pytest
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, client_capabilities
 
-from ghost_lsp.serving.bench import free_port
-from ghost_lsp.serving.bench import start_model_server as start
+from ghost_lsp.tools.bench.serving import free_port
+from ghost_lsp.tools.bench.serving import start_model_server as start
 
 TOKEN = "e2e-remote-token"
 SOURCE = "def add(a, b):\n    return a + b\n\n\nclass Stack:\n    def push(self, item):\n        self.items.append(item)\n"

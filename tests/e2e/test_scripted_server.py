@@ -1,4 +1,4 @@
-"""Scripted editing sessions (ghost_lsp/feedback/scripted.py) played against the real server
+"""Scripted editing sessions (ghost_lsp/tools/evals/scripted.py) played against the real server
 process: the suggestion is whatever the server showed, the actions go over LSP (didChange,
 ghost.accept, didClose, a new request elsewhere) and the label is read back from the
 feedback file the server wrote. Scenarios that need minutes of waiting (expiry, survival)
@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
-from ghost_lsp.feedback.scripted import (LONG_WAITS, MULTILINE, NONE, SCENARIOS, Change, Close, Command, Show, Wait,
+from ghost_lsp.tools.evals.scripted import (LONG_WAITS, MULTILINE, NONE, SCENARIOS, Change, Close, Command, Show, Wait,
                                          build, strongest)
 from test_server import (SOURCE, SPOTS, db_rows, inline, items, pos, shown, start_server,
                          stop_server)

@@ -23,7 +23,7 @@ from lsprotocol import types
 from pygls.protocol import default_converter
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
 
-from ghost_lsp.settings import from_dict
+from ghost_lsp.settings.core import from_dict
 
 HERE = Path(__file__).resolve().parent
 LANGUAGES = EDITORS / "helix" / "languages.toml"

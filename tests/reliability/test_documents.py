@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from lsprotocol import types
 from pygls.workspace import TextDocument
 
-from ghost_lsp.context.documents import Document, DocumentStore
+from ghost_lsp.lsp.documents import Document, DocumentStore
 
 TEXT = st.text(alphabet=st.sampled_from(list("ab \n\t😀é\r")), max_size=60)
 

@@ -1,0 +1,1 @@
+"""One completion request: completer (the stages), prompt, filters, rank, forward cache, debounce."""

@@ -1,0 +1,306 @@
+"""Prompt templates (data files in `prompts/`) and budgeted rendering.
+
+A template is a TOML file named after a model family (the model manifest's `family`). Its
+`name@version` is logged with every suggestion so A/B comparisons can tell prompts apart.
+
+Budget: the rendered prompt never exceeds the model's context minus the generation budget,
+measured with the model's own tokenizer. Priorities, highest first: the prefix nearest the
+cursor (up to `prefix_share` of the budget), the suffix (FIM only, up to `suffix_share`),
+imported project definitions, neighbour snippets from open files (together up to
+`snippet_share`), and then the rest of the prefix further from the cursor. What does not fit is
+dropped in whole lines, never half lines (except the cursor's own line, which is always kept up
+to the cursor); a snippet whose text was already kept is not shown twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+from ghost_lsp.engine.manifest import Manifest
+from ghost_lsp.context.base import DEFINITIONS
+from ghost_lsp.languages import comment_for
+from ghost_lsp.paths import PROMPTS_DIR
+from ghost_lsp.types import Context, Prompt, Snippet
+
+log = logging.getLogger(__name__)
+
+_PLACEHOLDER = re.compile(r"\{(path_header|snippets|suffix|prefix)\}")
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    version: int
+    template: str
+    fim: bool = False
+    path_header: bool = False
+    stop: tuple[str, ...] = ()
+    suffix_share: float = 0.25
+    # The nearest prefix is reserved this share first; snippets may take at most snippet_share.
+    prefix_share: float = 0.5
+    snippet_share: float = 0.35
+    # One snippet: {comment} = the language's line comment, {path}, {code} = the snippet's lines,
+    # each behind the comment mark when snippet_comment is true.
+    snippet: str = "{comment} path: {path}\n{code}"
+    snippet_comment: bool = True
+    comments: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def comment(self, language: str) -> str:
+        """The line comment of `language` (a template folder's languages.toml may override it)."""
+        return self.comments.get(language) or self.comments.get("default") or comment_for(language)
+
+    def header(self, ctx: Context) -> str:
+        if not self.path_header or not ctx.path:
+            return ""
+        return f"{self.comment(ctx.language)} path: {ctx.path}\n"
+
+    def snippet_block(self, language: str, snip: Snippet) -> str:
+        """One snippet rendered, ending in a newline."""
+        code = snip.text.rstrip("\n")
+        if self.snippet_comment:
+            mark = self.comment(language)
+            code = "\n".join(f"{mark} {ln}" if ln.strip() else mark for ln in code.split("\n"))
+        block = self.snippet.replace("{comment}", self.comment(language)).replace("{path}", snip.path)
+        return block.replace("{code}", code).rstrip("\n") + "\n"
+
+    def fill(self, ctx: Context, prefix: str, suffix: str, snippets: str = "") -> str:
+        # One pass over the template only: code is full of braces, and a "{prefix}" inside the
+        # user's code must stay text.
+        values = {"path_header": self.header(ctx), "snippets": snippets, "suffix": suffix, "prefix": prefix}
+        return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.template)
+
+
+BUILTIN_PLAIN = Template(name="plain-builtin", version=1, template="{prefix}")
+
+
+class TemplateError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=32)
+def load_template(family: str, prompts_dir: str | None = None) -> Template:
+    """Load prompts/<family>.toml; TemplateError names the file and the problem."""
+    folder = Path(prompts_dir) if prompts_dir else PROMPTS_DIR
+    path = folder / f"{family}.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TemplateError(f"{path}: no template for model family {family!r}") from None
+    except tomllib.TOMLDecodeError as e:  # the message carries line and column
+        raise TemplateError(f"{path}: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TemplateError(f"{path}: {e}") from None
+    try:
+        comments = tomllib.loads((folder / "languages.toml").read_text(encoding="utf-8")).get("comment", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        comments = {}
+    try:
+        t = Template(
+            name=str(data["name"]), version=int(data["version"]), template=str(data["template"]),
+            fim=bool(data.get("fim", False)), path_header=bool(data.get("path_header", False)),
+            stop=tuple(data.get("stop", ())), suffix_share=float(data.get("suffix_share", 0.25)),
+            prefix_share=float(data.get("prefix_share", 0.5)), snippet_share=float(data.get("snippet_share", 0.35)),
+            snippet=str(data.get("snippet", Template.snippet)),
+            snippet_comment=bool(data.get("snippet_comment", True)), comments=comments,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise TemplateError(f"{path}: missing or bad field: {e}") from None
+    if "{prefix}" not in t.template:
+        raise TemplateError(f"{path}: template has no {{prefix}} placeholder")
+    for share in ("suffix_share", "prefix_share", "snippet_share"):
+        if not 0.0 <= getattr(t, share) <= 1.0:
+            raise TemplateError(f"{path}: {share} must be between 0 and 1, not {getattr(t, share)}")
+    if "{code}" not in t.snippet:
+        raise TemplateError(f"{path}: snippet has no {{code}} placeholder")
+    return t
+
+
+def template_for(manifest: Manifest, prompts_dir: str | None = None) -> Template:
+    """The manifest family's template, falling back to the built-in left-to-right one."""
+    try:
+        t = load_template(manifest.family, prompts_dir)
+    except TemplateError as e:
+        log.warning("%s; using the built-in left-to-right template", e)
+        return BUILTIN_PLAIN
+    if t.fim and not manifest.fim:
+        log.warning("template %s needs a FIM model but %s has none; using left-to-right", t.id, manifest.name)
+        return BUILTIN_PLAIN
+    return t
+
+
+def _fit_prefix(prefix: str, budget: int, count: Callable[[str], int]) -> str:
+    """Longest tail of `prefix` made of whole lines (plus the cursor line) within `budget` tokens."""
+    if count(prefix) <= budget:
+        return prefix
+    lines = prefix.split("\n")
+    lo, hi = 1, len(lines)  # number of trailing lines kept; binary search on it
+    best = lines[-1]
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        cand = "\n".join(lines[-mid:])
+        if count(cand) <= budget:
+            best, lo = cand, mid + 1
+        else:
+            hi = mid - 1
+    if count(best) > budget:  # the cursor line alone is too long: keep its end
+        best = best[-budget:]
+    return best
+
+
+def _fit_suffix(suffix: str, budget: int, count: Callable[[str], int]) -> str:
+    """Longest head of `suffix` made of whole lines within `budget` tokens ('' if none fits)."""
+    if budget <= 0:
+        return ""
+    if count(suffix) <= budget:
+        return suffix
+    lines = suffix.split("\n")
+    lo, hi, best = 1, len(lines), ""
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        cand = "\n".join(lines[:mid]) + "\n"  # a cut suffix still ends its last line
+        if count(cand) <= budget:
+            best, lo = cand, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+@dataclass
+class Part:
+    """What one piece of context contributed to a rendered prompt (for `ghost-lsp prompt`)."""
+
+    source: str  # "prefix" | "suffix" | a provider name
+    path: str
+    tokens: int
+    status: str  # "kept", "kept 12/40 lines", "dropped: no room", "dropped: duplicate", ...
+
+
+def _lines(text: str) -> int:
+    return text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+
+
+def _mostly_visible(text: str, visible: set[str]) -> bool:
+    """Half or more of the snippet's lines are already in the window (e.g. the same file open
+    twice): showing it again would spend the budget on a repeat."""
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    return not lines or sum(ln in visible for ln in lines) * 2 >= len(lines)
+
+
+def _snippet_order(snippets: list[Snippet]) -> list[Snippet]:
+    """Definitions before neighbour windows; the best-scored first within each."""
+    return sorted(snippets, key=lambda s: (s.source != DEFINITIONS, -s.score))
+
+
+def _fit_block(template: Template, language: str, snip: Snippet, room: int, count) -> tuple[str, int, int]:
+    """(block, tokens, code lines kept): the snippet's longest head of whole lines within `room`."""
+    block = template.snippet_block(language, snip)
+    n = count(block)
+    lines = snip.text.rstrip("\n").split("\n")
+    if n <= room:
+        return block, n, len(lines)
+    lo, hi, best = 1, len(lines) - 1, ("", 0, 0)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        cand = template.snippet_block(language, Snippet(snip.path, "\n".join(lines[:mid]) + "\n"))
+        c = count(cand)
+        if c <= room:
+            best, lo = (cand, c, mid), mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def render_parts(template: Template, ctx: Context, count_tokens: Callable[[str], int],
+                 budget: int) -> tuple[Prompt, list[Part]]:
+    """Render `ctx` with `template` in at most `budget` tokens; also say what each part got."""
+    count = count_tokens
+    overhead = count(template.fill(ctx, "", "", ""))
+    room = max(1, budget - overhead)
+    near = _fit_prefix(ctx.prefix, max(1, int(room * template.prefix_share)), count)
+    used = count(near)
+    suffix = ""
+    if template.fim and ctx.suffix:
+        suffix = _fit_suffix(ctx.suffix, min(int(room * template.suffix_share), room - used), count)
+        used += count(suffix) if suffix else 0
+
+    parts: list[Part] = []
+    blocks: list[str] = []
+    kept_texts: list[str] = []
+    snip_room = max(0, min(room - used, int(room * template.snippet_share)))
+    can_show = "{snippets}" in template.template
+    visible = {ln.strip() for ln in (near + "\n" + suffix).split("\n") if ln.strip()}
+    for s in _snippet_order(ctx.snippets):
+        key = s.text.strip()
+        if not can_show:
+            parts.append(Part(s.source, s.path, 0, f"dropped: {template.id} has no {{snippets}}"))
+            continue
+        if not key or any(key in k for k in kept_texts) or _mostly_visible(s.text, visible):
+            parts.append(Part(s.source, s.path, 0, "dropped: duplicate"))
+            continue
+        block, n, kept_lines = _fit_block(template, ctx.language, s, snip_room, count)
+        if not block:
+            parts.append(Part(s.source, s.path, 0, "dropped: no room"))
+            continue
+        total_lines = _lines(s.text)
+        blocks.append(block)
+        kept_texts.append(key)
+        snip_room -= n
+        parts.append(Part(s.source, s.path, n, "kept" if kept_lines == total_lines
+                          else f"kept {kept_lines}/{total_lines} lines"))
+
+    # The token counts of parts do not add up exactly (merges across a boundary), so the whole
+    # prompt is measured and, if over, the lowest priority goes first: snippets, then far prefix.
+    snippets = "".join(blocks)
+    prefix = _fit_prefix(ctx.prefix, max(1, room - used - count(snippets) + count(near)), count)
+    text = template.fill(ctx, prefix, suffix, snippets)
+    while count(text) > budget:
+        if blocks:
+            blocks.pop()
+            dropped = next(p for p in reversed(parts) if p.status.startswith("kept"))
+            dropped.status, dropped.tokens = "dropped: over budget", 0
+            snippets = "".join(blocks)
+        elif prefix.count("\n") > 0:
+            prefix = prefix.split("\n", 1)[1]
+        elif suffix:
+            suffix = ""
+        else:
+            prefix = prefix[1:]
+            if not prefix:
+                break
+        text = template.fill(ctx, prefix, suffix, snippets)
+
+    head = [Part("prefix", ctx.path, count(prefix) if prefix else 0,
+                 f"kept {_lines(prefix)}/{_lines(ctx.prefix)} lines")]
+    if template.fim:
+        head.append(Part("suffix", ctx.path, count(suffix) if suffix else 0,
+                         f"kept {_lines(suffix)}/{_lines(ctx.suffix)} lines"))
+    prompt = Prompt(text=text, stop=list(template.stop), template=template.id, fim=template.fim)
+    return prompt, head + parts
+
+
+def render(template: Template, ctx: Context, count_tokens: Callable[[str], int], budget: int) -> Prompt:
+    """Render `ctx` with `template` in at most `budget` tokens."""
+    return render_parts(template, ctx, count_tokens, budget)[0]
+
+
+def build_prompt(ctx: Context, manifest: Manifest, count_tokens: Callable[[str], int], max_new_tokens: int,
+                 prompts_dir: str | None = None) -> Prompt:
+    template = template_for(manifest, prompts_dir)
+    budget = max(16, manifest.context_length - max_new_tokens)
+    return render(template, ctx, count_tokens, budget)
+
+
+def prompt_hash(text: str) -> str:
+    """What the feedback log keeps of a prompt when it may not keep the prompt itself."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

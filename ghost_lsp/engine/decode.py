@@ -1,0 +1,90 @@
+"""One decoding step, shared by the engine's loop (onnx.py) and the model server's batched rows
+(serving/batcher.py): which tokens may come next, the token chosen, the bytes and text so far.
+
+`Vocabulary` is what decoding needs of a model's tokenizer (an engine's `vocab`); a
+`Generation` is one sequence's state: the healed prompt tail still to re-spell (token healing,
+healing.py), the bytes generated, where each token starts, the repetition-penalty counts and
+the sampler's random state.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+import numpy as np
+
+from ghost_lsp.engine.healing import Healer, advance
+from ghost_lsp.engine.sampling import choose_token
+
+
+class Vocabulary:
+    def __init__(self, token_bytes: list[bytes], banned: np.ndarray, eos_id: int | None, healing: bool = True):
+        self.token_bytes = token_bytes
+        self.eos_id = eos_id
+        # Control tokens (FIM markers, pad) are banned; end-of-text may still be chosen.
+        self.allowed = ~banned
+        if eos_id is not None and eos_id < len(token_bytes):
+            self.allowed[eos_id] = True
+        self.healer = Healer(token_bytes, banned) if healing else None
+
+    def __len__(self) -> int:
+        return len(self.token_bytes)
+
+
+class Generation:
+    def __init__(self, vocab: Vocabulary, healed: bytes = b"", seed: int | None = None):
+        self.vocab = vocab
+        self.healed = self.remaining = healed
+        self.generated = b""
+        self.starts: list[int] = []  # byte offset of each token in `generated`
+        self.counts = np.zeros(len(vocab), dtype=np.int32)
+        self.rng = np.random.default_rng(seed)
+
+    def mask(self) -> np.ndarray:
+        """The tokens allowed next: while the healed tail is not re-spelled, only those that
+        continue it."""
+        if not self.remaining:
+            return self.vocab.allowed
+        mask = self.vocab.healer.mask(self.remaining)
+        if not mask.any():  # nothing spells R: give up healing (never seen in practice)
+            self.remaining, self.generated = b"", self.healed
+            return self.vocab.allowed
+        return mask
+
+    def choose(self, scores: np.ndarray, mask: np.ndarray, params) -> tuple[int, float]:
+        """The next token from one row of scores under `params`' sampling (temperature, top_p,
+        frequency and presence penalties)."""
+        return choose_token(scores, temperature=params.temperature, top_p=params.top_p, counts=self.counts,
+                            frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty,
+                            mask=mask, rng=self.rng)
+
+    def take(self, tok: int) -> bool:
+        """Record a chosen token (not end-of-text); True once the healed tail is re-spelled and
+        the text is visible."""
+        self.counts[tok] += 1
+        self.starts.append(len(self.generated))
+        self.generated += self.vocab.token_bytes[tok]
+        if self.remaining:
+            self.remaining = advance(self.remaining, self.vocab.token_bytes[tok])
+        return not self.remaining
+
+    def text(self) -> str:
+        """The text after the healed tail, holding back an incomplete trailing character (it may
+        finish next step)."""
+        return codecs.getincrementaldecoder("utf-8")("replace").decode(self.generated[len(self.healed):], final=False)
+
+    def tokens_before(self, text: str) -> int:
+        """How many tokens start before the end of `text` (a prefix of the visible text)."""
+        cut_byte = len(self.healed) + len(text.encode("utf-8"))
+        return sum(1 for s in self.starts if s < cut_byte)
+
+    def offsets(self, n: int | None = None) -> list[int]:
+        """Code-point offset in the text where each of the first `n` tokens starts (0 inside
+        the healed tail)."""
+        h = len(self.healed)
+        return [len(self.generated[h:b].decode("utf-8", "ignore")) if b > h else 0 for b in self.starts[:n]]
+
+
+def first_stop(text: str, stops: list[str]) -> int:
+    """Where the first stop sequence starts in `text`, or -1."""
+    return min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)

@@ -1,0 +1,56 @@
+"""The one way to get an engine: the local ONNX model of a folder, or a remote model server
+when the settings name one (with the local model as its fall-back and token counter).
+
+The language server, `ghost-lsp complete`, the model server, the evals and the benchmarks all
+load here; onnxruntime is imported only when a local model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ghost_lsp.engine.base import Engine, EngineError
+from ghost_lsp.engine.remote import RemoteEngine
+
+log = logging.getLogger(__name__)
+
+
+def load_local(model_dir, **options):
+    """The ONNX engine over a model folder (`options` as OnnxEngine's: providers,
+    intra_op_threads, reuse_kv, ...). EngineError says why it cannot load."""
+    try:
+        from ghost_lsp.engine.onnx import OnnxEngine
+
+        return OnnxEngine(model_dir, **options)
+    except EngineError:
+        raise
+    except (ImportError, OSError, ValueError) as e:
+        raise EngineError(str(e)) from e
+
+
+def load_engine(model_dir, settings=None, **options) -> Engine:
+    """The engine the settings ask for: remote when `remote_url` is set, else the local model."""
+    if settings is not None and settings.remote_url:
+        return make_remote_engine(settings, model_dir)
+    return load_local(model_dir, **options)
+
+
+def make_remote_engine(settings, model_dir) -> RemoteEngine:
+    """The language server's remote engine from its settings; the local model (if loadable)
+    becomes the fall-back and the token counter."""
+    token = settings.remote_token or os.environ.get("GHOST_LSP_REMOTE_TOKEN", "")
+    fallback = None
+    has_local = model_dir is not None and Path(model_dir, "manifest.json").is_file()
+    if settings.remote_fallback and has_local:
+        try:
+            fallback = load_local(model_dir)
+        except EngineError as e:
+            log.warning("remote engine: no local fall-back (%s)", e)
+    engine = RemoteEngine(settings.remote_url, token=token or None, timeout_ms=settings.remote_timeout_ms,
+                          model=settings.remote_model, model_dir=model_dir if has_local else None, fallback=fallback)
+    engine.discover()
+    log.info("remote engine %r: model %s, context %d, fall-back %s", engine, engine.model_id,
+             engine.manifest.context_length, fallback.model_id if fallback else "none")
+    return engine

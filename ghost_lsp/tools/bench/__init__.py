@@ -1,0 +1,1 @@
+"""`ghost-lsp bench` and the other speed and quality benchmarks, each a module."""

@@ -1,0 +1,339 @@
+"""Hugging Face causal LM → validated ghost-lsp model folder (ONNX, optionally int8).
+
+Steps: optimum export (`text-generation-with-past`, one decoder file) → fp32 check against
+PyTorch → `onnxruntime.quantization.quantize_dynamic` → greedy agreement check against
+PyTorch → package (model.onnx, tokenizer.json, manifest.json). Nothing is written to the
+output folder unless validation passes.
+
+Why plain quantize_dynamic: measured, it kept greedy output identical to
+PyTorch where optimum's ORTQuantizer diverged; either way every quantized model is checked.
+
+graph="fused" (Llama only) replaces the optimum export with modelkit/llama_graph.py's compact
+graph (GroupQueryAttention, untied LM head, optional last-position logits, KV appended in
+place). quantize="int8" makes its MatMuls DynamicQuantizeMatMul (and the embedding int8);
+"int8-nbits"/"int4" make them MatMulNBits (int8/int4 weights, int8 compute: faster decode,
+slower prefill); see `ghost-lsp bench --peers`. Same validation.
+torch/transformers/optimum are imported inside the functions (the server imports nothing here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ghost_lsp.paths import portable
+
+log = logging.getLogger(__name__)
+
+FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+
+# Short code-like prompts; any text works since the check compares two runs of one model.
+VALIDATION_PROMPTS = [
+    "def add(a, b):\n    return",
+    "import os\nimport sys\n\nclass Config:\n    def __init__(self",
+    "for i in range(10):\n    if i % 2 == 0:\n        print(",
+    "# read a file\nwith open(path) as f:\n",
+]
+
+
+class ExportValidationError(RuntimeError):
+    """The exported or quantized model does not reproduce the PyTorch model; `.report` says how."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+def _progress(msg: str) -> None:
+    log.info(msg)
+
+
+def _run_optimum_export(hf_dir: Path, work: Path) -> Path:
+    """Export with optimum; return the path of the single decoder-with-past ONNX file."""
+    from optimum.exporters.onnx import main_export
+
+    main_export(str(hf_dir), output=str(work), task="text-generation-with-past",
+                no_post_process=True, do_validation=False, device="cpu")
+    candidates = [work / "model.onnx", work / "decoder_with_past_model.onnx"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise RuntimeError(f"{work}: optimum produced no model.onnx ({sorted(p.name for p in work.iterdir())})")
+
+
+def _quantize(src: Path, dst: Path) -> Path:
+    """Dynamic int8 (weights int8, activations quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Per-channel scales: on tiny models per-tensor int8 flipped ~8 % of greedy tokens, per-channel none.
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    return dst
+
+
+# quantize= values. "int8" = dynamic int8 on either graph: with the fused graph it gave the
+# shortest requests (256-token prompt + 16 or + 64 tokens) of every format `ghost-lsp bench
+# --peers` measured; MatMulNBits decodes a little faster but prefills ~1.5-2x slower.
+QUANTIZE_CHOICES = ("int8", "int8-dynamic", "int8-nbits", "int4", "none")
+
+
+def _quant_kind(quantize: str | None, graph: str) -> str | None:
+    if quantize in (None, "none"):
+        return None
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, not {quantize!r}")
+    if quantize in ("int4", "int8-nbits") and graph != "fused":
+        raise ValueError(f"quantize {quantize!r} (MatMulNBits) needs graph='fused'")
+    return {"int8": "int8-dynamic", "int4": "int4-nbits"}.get(quantize, quantize)
+
+
+def _quantize_kind(src: Path, dst: Path, kind: str, graph: str) -> Path:
+    if kind == "int8-dynamic":
+        if graph != "fused":
+            return _quantize(src, dst)
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        # The MatMuls (LM head included, it is untied) and the embedding table (a Gather of a
+        # few int8 rows: size, not speed). Contrib-op outputs have no inferred type, hence
+        # DefaultTensorType.
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gather"], extra_options={"DefaultTensorType": 1})
+        return dst
+    from ghost_lsp.tools.modelkit.llama_graph import quantize_nbits
+
+    return quantize_nbits(src, dst, bits=8 if kind == "int8-nbits" else 4)
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    from ghost_lsp.engine.decoder import Decoder
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return Decoder(sess, str(path))
+
+
+def _torch_greedy(model, ids: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:
+    """PyTorch greedy continuation and the logits row that chose each token (incl. the prompt's last)."""
+    import torch
+
+    seq, rows = list(ids), []
+    with torch.no_grad():
+        for _ in range(steps):
+            out = model(torch.tensor([seq])).logits[0, -1].float().numpy()
+            rows.append(out)
+            seq.append(int(np.argmax(out)))
+    return seq[len(ids):], rows
+
+
+def _onnx_teacher_forced(dec, ids: list[int], forced: list[int]) -> list[np.ndarray]:
+    """ONNX logits along a given token path, through the KV cache like the engine decodes."""
+    logits, past = dec.run(ids, dec.empty_past())
+    rows = [logits[-1]]
+    for tok in forced[:-1]:
+        logits, past = dec.run([tok], past)
+        rows.append(logits[-1])
+    return rows
+
+
+def _validate(model, prompts_ids, fp32: Path, quant: Path | None, steps: int,
+              logits_atol: float, min_agreement: float) -> dict:
+    report: dict = {"prompts": len(prompts_ids), "steps": steps, "logits_atol": logits_atol,
+                    "min_agreement": min_agreement}
+    dec32 = _session(fp32)
+    decq = _session(quant) if quant else None
+    max_diff, agree, total = 0.0, 0, 0
+    for ids in prompts_ids:
+        ref_tokens, ref_rows = _torch_greedy(model, ids, steps)
+        rows32 = _onnx_teacher_forced(dec32, ids, ref_tokens)
+        for a, b in zip(ref_rows, rows32):
+            max_diff = max(max_diff, float(np.max(np.abs(a[: len(b)] - b))))
+        if decq is not None:
+            for row, ref in zip(_onnx_teacher_forced(decq, ids, ref_tokens), ref_tokens):
+                agree += int(np.argmax(row)) == ref
+                total += 1
+    report["fp32_max_abs_logit_diff"] = max_diff
+    report["fp32_ok"] = max_diff <= logits_atol
+    if decq is not None:
+        report["int8_greedy_agreement"] = agree / total if total else 1.0
+        report["int8_ok"] = report["int8_greedy_agreement"] >= min_agreement
+    return report
+
+
+def _context_length(config) -> int:
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None = "int8",
+                tokenizer_json: str | Path | None = None, manifest_fields: dict | None = None,
+                min_agreement: float = 0.9, logits_atol: float = 1e-3, steps: int = 8,
+                prompts: list[str] | None = None, graph: str = "optimum") -> dict:
+    """Export, validate and package a local Hugging Face causal LM; return the validation report.
+
+    quantize: "int8" (= "int8-dynamic"), "int8-nbits" or "int4" (MatMulNBits, fused graph
+    only) or None/"none". graph: "optimum" or "fused" (Llama
+    only, see llama_graph.py). tokenizer_json defaults to hf_dir/tokenizer.json.
+    manifest_fields override manifest values (name, family, info, ...); `info` is merged.
+    Raises ExportValidationError (out_dir untouched) when fp32 logits differ from PyTorch by
+    more than logits_atol, or int8 greedy agreement along PyTorch's greedy path is below
+    min_agreement (over `prompts` × `steps`).
+    """
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ghost_lsp.engine.manifest import Manifest
+
+    t_start = time.perf_counter()
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    if graph not in ("optimum", "fused"):
+        raise ValueError(f"graph must be 'optimum' or 'fused', not {graph!r}")
+    quantize = _quant_kind(quantize, graph)
+    tok_path = Path(tokenizer_json) if tokenizer_json else hf_dir / "tokenizer.json"
+    if not tok_path.is_file():
+        raise FileNotFoundError(f"{tok_path}: tokenizer.json not found (pass tokenizer_json=)")
+    tokenizer = Tokenizer.from_file(str(tok_path))
+    config = AutoConfig.from_pretrained(hf_dir)
+
+    with tempfile.TemporaryDirectory(prefix="ghost-export-") as tmp:
+        work = Path(tmp)
+        if graph == "fused":
+            from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
+
+            _progress(f"writing the fused graph of {hf_dir}")
+            fp32 = build_llama_graph(hf_dir, work / "fp32" / "fused.onnx")
+        else:
+            _progress(f"exporting {hf_dir} with optimum")
+            fp32 = _run_optimum_export(hf_dir, work / "fp32")
+        quant = None
+        if quantize:
+            _progress(f"quantizing ({quantize})")
+            quant = _quantize_kind(fp32, work / "model.quant.onnx", quantize, graph)
+        _progress("validating against PyTorch")
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        ctx = _context_length(config)
+        prompts_ids = [tokenizer.encode(p, add_special_tokens=False).ids[-(ctx - steps - 1):]
+                       for p in (prompts or VALIDATION_PROMPTS)]
+        report = _validate(model, prompts_ids, fp32, quant, steps, logits_atol, min_agreement)
+        n_params = sum(p.numel() for p in model.parameters())
+        del model
+        if not report["fp32_ok"]:
+            raise ExportValidationError(
+                f"fp32 ONNX logits differ from PyTorch by {report['fp32_max_abs_logit_diff']:.3g} "
+                f"(tolerance {logits_atol})", report)
+        if quant is not None and not report["int8_ok"]:
+            raise ExportValidationError(
+                f"{quantize} greedy agreement {report['int8_greedy_agreement']:.1%} is below "
+                f"{min_agreement:.0%}", report)
+
+        final = quant or fp32
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("model.onnx", "model.onnx_data", "model.onnx.data"):
+            (out_dir / stale).unlink(missing_ok=True)
+        shutil.copyfile(final, out_dir / "model.onnx")
+        # A >2 GB fp32 export keeps weights in an external file next to the graph; keep it.
+        for ext in (final.with_name(final.name + "_data"), final.with_name(final.name + ".data")):
+            if ext.is_file():
+                shutil.copyfile(ext, out_dir / ("model.onnx" + ext.name[len(final.name):]))
+        if tok_path.resolve() != (out_dir / "tokenizer.json").resolve():
+            shutil.copyfile(tok_path, out_dir / "tokenizer.json")
+
+    vocab = tokenizer.get_vocab()
+    fim = all(t in vocab for t in FIM_TOKENS)
+
+    def token_name(token_id, fallback):
+        if isinstance(token_id, list):
+            token_id = token_id[0] if token_id else None
+        name = tokenizer.id_to_token(token_id) if token_id is not None else None
+        return name or fallback
+
+    fields = dict(manifest_fields or {})
+    info = {**fields.pop("info", {}), "validation": report, "graph": graph,
+            "source": {"hf_dir": portable(hf_dir), "parameters": n_params}}
+    manifest = Manifest(
+        name=fields.pop("name", hf_dir.name),
+        family="starcoder" if fim else "plain",
+        architecture=getattr(config, "model_type", "unknown"),
+        context_length=ctx,
+        quantization=quantize or "none",
+        fim=fim,
+        eos_token="<|endoftext|>" if "<|endoftext|>" in vocab
+        else token_name(getattr(config, "eos_token_id", None), "<|endoftext|>"),
+        pad_token="<|pad|>" if "<|pad|>" in vocab
+        else token_name(getattr(config, "pad_token_id", None), "<|pad|>"),
+        info=info,
+    )
+    for key, value in fields.items():
+        if key not in Manifest.__dataclass_fields__:
+            raise ValueError(f"unknown manifest field {key!r}")
+        setattr(manifest, key, value)
+    manifest.save(out_dir)
+    report["seconds"] = round(time.perf_counter() - t_start, 2)
+    report["model_bytes"] = (out_dir / "model.onnx").stat().st_size
+    report["out_dir"] = str(out_dir)
+    _progress(f"wrote {out_dir} ({report['model_bytes'] / 1e6:.1f} MB)")
+    return report
+
+
+# -- command line -------------------------------------------------------------------------
+
+def add_model_export_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `export HF_DIR OUT_DIR` on a `ghost-lsp model` subparsers object."""
+    p = subparsers.add_parser("export", help="export a local Hugging Face causal LM to a ghost-lsp model folder")
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--quantize", choices=list(QUANTIZE_CHOICES), default="int8",
+                   help="int8 = int8-dynamic; int8-nbits and int4 (MatMulNBits) need --graph fused")
+    p.add_argument("--graph", choices=["optimum", "fused"], default="optimum",
+                   help="fused: compact Llama graph (GroupQueryAttention, untied int8 LM head, "
+                        "last-position prefill logits); see ghost-lsp bench --peers")
+    p.add_argument("--tokenizer", dest="tokenizer_json", default=None,
+                   help="tokenizer.json to ship (default: HF_DIR/tokenizer.json)")
+    p.add_argument("--name", default=None, help="model name in the manifest (default: HF_DIR's name)")
+    p.add_argument("--min-agreement", type=float, default=0.9,
+                   help="fail if int8 greedy agreement with PyTorch is below this (default 0.9)")
+    p.set_defaults(func=cmd_model_export)
+    return p
+
+
+def cmd_model_export(args) -> int:
+    """Progress to stderr, the validation report as JSON to stdout; exit 1 on failed validation."""
+    # Our progress at INFO on stderr; the root logger stays quiet because onnxruntime's
+    # quantizer logs one INFO line per tensor there.
+    ours = logging.getLogger("ghost_lsp")
+    if not ours.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False  # the quantizer calls basicConfig mid-run; avoid double lines
+    fields = {"name": args.name} if getattr(args, "name", None) else None
+    try:
+        # Exporters print chatter; stdout is reserved for the JSON report.
+        with contextlib.redirect_stdout(sys.stderr):
+            report = export_onnx(args.hf_dir, args.out_dir, quantize=args.quantize,
+                                 tokenizer_json=getattr(args, "tokenizer_json", None),
+                                 manifest_fields=fields,
+                                 min_agreement=getattr(args, "min_agreement", 0.9),
+                                 graph=getattr(args, "graph", "optimum"))
+    except ExportValidationError as e:
+        print(f"export failed validation: {e}", file=sys.stderr)
+        print(json.dumps({"ok": False, "error": str(e), **e.report}, indent=2))
+        return 1
+    print(json.dumps({"ok": True, **report}, indent=2))
+    return 0
