@@ -109,3 +109,23 @@ def test_unknown_peer_or_model_names_are_refused(capsys):
     assert cli.main(["bench", "--peers", "--peer-models", "shipped,huge", "--out", "/dev/null"]) == 2
     assert "unknown name(s) ['huge']" in capsys.readouterr().err
     assert cli.main(["bench", "--peers", "--peer-list", "vllm", "--out", "/dev/null"]) == 2
+
+
+def test_peers_without_a_checkpoint_fail_with_one_clear_line(tmp_path, capsys):
+    """A model folder whose checkpoint is missing: exit 2 and one line naming what is missing."""
+    import argparse
+    import shutil
+
+    from ghost_lsp.paths import SHIPPED_MODEL
+    from ghost_lsp.tools.bench.peers import run_peers
+
+    folder = tmp_path / "model"
+    shutil.copytree(SHIPPED_MODEL, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    (folder / "manifest.json").write_text((folder / "manifest.json").read_text().replace(
+        '"hf_dir": "', '"hf_dir": "gone/'))
+    args = argparse.Namespace(model=str(folder), threads=1, hf=None, peer_list=None, genai_builder=None,
+                              peer_models="shipped", rounds=1, new_tokens=4, out=str(tmp_path / "o.json"))
+    assert run_peers(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no PyTorch checkpoint" in err[0] and "--hf DIR" in err[0]
+    assert not (tmp_path / "o.json").exists()

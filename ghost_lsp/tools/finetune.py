@@ -233,17 +233,16 @@ def finetune_hf(hf_dir: str | Path, tokenizer_json: str | Path, data: Dataset, o
 def parent_checkpoint(model_dir: str | Path) -> Path:
     """The Hugging Face checkpoint a model folder was exported from (its manifest says)."""
     from ghost_lsp.engine.manifest import Manifest
+    from ghost_lsp.tools.modelkit.checkpoint import source_checkpoint
 
     man = Manifest.load(model_dir)
     src = (man.info.get("source") or {}).get("hf_dir") if isinstance(man.info, dict) else None
     if not src:
         raise ValueError(f"{model_dir}: the manifest names no source checkpoint (info.source.hf_dir); "
                          "pass --checkpoint HF_DIR")
-    path = Path(src)
-    if not path.is_absolute():
-        path = (Path(model_dir) / path).resolve()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: the model's source checkpoint is not here; pass --checkpoint HF_DIR")
+    path = source_checkpoint(model_dir)
+    if path is None:
+        raise FileNotFoundError(f"{src}: the model's source checkpoint is not here; pass --checkpoint HF_DIR")
     return path
 
 

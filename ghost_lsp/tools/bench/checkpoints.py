@@ -5,26 +5,23 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ghost_lsp.paths import REPO, runs_dir
+from ghost_lsp.paths import runs_dir
 
 DEFAULT_RUNS = runs_dir() / "ghost-py-small"  # the recipe's work folder (models/recipes/ghost-py-small.toml)
 
 
 def hf_dir_for(model_dir: Path, explicit: str | None) -> tuple[Path | None, str]:
-    """The PyTorch checkpoint of a model folder: --hf, the manifest's source, runs/student."""
-    from ghost_lsp.engine.manifest import Manifest
+    """The PyTorch checkpoint of a model folder: --hf, the manifest's source (a shipped checkpoint/), runs/student."""
+    from ghost_lsp.tools.modelkit.checkpoint import source_checkpoint
 
     cands = []
     if explicit:
         cands.append(Path(explicit))
     else:
-        try:
-            src = (Manifest.load(model_dir).info or {}).get("source", {}).get("hf_dir")
-            if src:
-                cands.append(REPO / src)  # recorded relative to the checkout (an absolute one stays)
-        except (ValueError, OSError, AttributeError):
-            pass
-        cands.append(DEFAULT_RUNS / "student")
+        src = source_checkpoint(model_dir)
+        if src is not None:
+            return src, ""
+        cands += [model_dir / "checkpoint", DEFAULT_RUNS / "student"]
     for c in cands:
         if (c / "config.json").is_file():
             return c, ""

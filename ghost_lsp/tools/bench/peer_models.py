@@ -160,7 +160,9 @@ def _add_gguf_vocab(w, tokenizer_json: Path, cfg) -> None:
             types[i] = 3 if i in special else 1  # CONTROL / NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"].get("merges", [])]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    # Our tokenizer is a byte-level BPE with GPT-2's pre-tokenizer: "gpt-2" makes llama.cpp split
+    # text the same way ("default" gave 8 % more tokens and no held-out file tokenized identically).
+    w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)

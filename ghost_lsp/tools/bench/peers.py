@@ -423,7 +423,9 @@ def run_peers(args) -> int:
         plan = []
         if "shipped" in sizes:
             if hf is None:
-                results.append({"model": folder.name, "skipped_model": why})
+                print(f"ghost-lsp bench --peers: {folder.name} has no PyTorch checkpoint to give the peers: {why}. "
+                      "Pass --hf DIR, or --peer-models 20m for the random model only.", file=sys.stderr)
+                return 2
             else:
                 plan.append((f"{folder.name} ({hf.name} checkpoint)", hf))
         if "20m" in sizes:

@@ -51,3 +51,23 @@ def load_resume_state(folder: str | Path) -> tuple[dict, dict]:
         return load_file(str(weights)), state
     except Exception as e:  # safetensors raises its own error types for a truncated file
         raise ValueError(f"{weights}: unreadable checkpoint ({e})") from None
+
+
+def source_checkpoint(model_dir: str | Path) -> Path | None:
+    """The PyTorch checkpoint a model folder was exported from, as its manifest names it
+    (`info.source.hf_dir`): relative to the model folder (a shipped `checkpoint/`), else to the
+    checkout (a recipe's runs/), else absolute. None when the manifest names none or it is gone."""
+    from ghost_lsp.engine.manifest import Manifest
+    from ghost_lsp.paths import REPO
+
+    try:
+        info = Manifest.load(model_dir).info or {}
+    except (ValueError, OSError):
+        return None
+    src = (info.get("source") or {}).get("hf_dir") if isinstance(info, dict) else None
+    if not src:
+        return None
+    for cand in (Path(model_dir) / src, REPO / src, Path(src)):
+        if (cand / "config.json").is_file():
+            return cand.resolve()
+    return None
