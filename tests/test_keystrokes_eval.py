@@ -53,3 +53,12 @@ def test_simulated_user_through_the_server_counts_every_key(tmp_path):
     assert 0 <= m["keystrokes_saved"] < 1 and 0 <= m["shown_rate"] <= 1
     assert m["latency_p50_ms"] > 0
     assert m["files_under_test"] + m["workspace_files"] == len(PROJECT)
+
+
+def test_grid_spells_every_combination():
+    from ghost_lsp.tools.evals.keystrokes import _grid
+
+    g = _grid(["min_token_logprob=-9,-2", "min_mean_logprob=-3,-1,-0.5"])
+    assert len(g) == 6 and {"min_token_logprob": -2.0, "min_mean_logprob": -0.5} in g
+    with pytest.raises(ValueError):
+        _grid(["min_token_logprob"])

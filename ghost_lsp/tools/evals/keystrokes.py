@@ -219,38 +219,79 @@ def add_arguments(p) -> None:
     p.add_argument("--gap-ms", type=float, default=0.0,
                    help="the user's pace: ms from one key to the next (0: as soon as the answer is in)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", nargs="+", metavar="KEY=V1,V2",
+                   help="calibration curve: one run per combination of these filter thresholds, e.g. "
+                        "min_token_logprob=-9,-2,-1 min_mean_logprob=-3,-1")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _grid(specs: list[str]) -> list[dict]:
+    """["min_token_logprob=-9,-2", "min_mean_logprob=-3,-1"] -> every combination as a filters dict."""
+    import itertools
+
+    axes = []
+    for spec in specs:
+        key, _, values = spec.partition("=")
+        if not key or not values:
+            raise ValueError(f"--grid {spec!r}: expected KEY=V1,V2,...")
+        axes.append([(key.strip(), float(v)) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def run_sources(args, sources: list[str], config: str | None) -> dict:
+    results = []
+    for src in sources:
+        def progress(done, total, src=src):
+            if done % 25 == 0 or done == total:
+                print(f"keystrokes {Path(src).name}: {done}/{total} lines", file=sys.stderr)
+
+        results.append(run_keystrokes(src, model=args.model, lines=args.lines, test_share=args.test_share,
+                                      seed=args.seed, config=config, gap_ms=args.gap_ms, progress=progress))
+    out = combine(results) if len(results) > 1 else results[0]
+    out.pop("_latencies", None)
+    if len(results) > 1:
+        out["per_source"] = {Path(r["source"]).name: {k: r[k] for k in ("keystrokes_saved", "shown_rate", "right_rate",
+                                                                         "lines")} for r in results}
+    return out
 
 
 def main_args(args) -> int:
     import json
 
+    from ghost_lsp.settings.core import load_file
     from ghost_lsp.tools.evals.sources import download_sdist
 
     sources = list(args.source or []) + [str(download_sdist(n)) for n in (args.package or [])]
     if not sources:
         print("ghost-lsp eval keystrokes: give --source PATH or --package NAME", file=sys.stderr)
         return 2
-    results = []
-    for src in sources:
-        def progress(done, total, src=src):
-            if done % 10 == 0 or done == total:
-                print(f"keystrokes {Path(src).name}: {done}/{total} lines", file=sys.stderr)
-
-        try:
-            results.append(run_keystrokes(src, model=args.model, lines=args.lines, test_share=args.test_share,
-                                          seed=args.seed, config=args.config, gap_ms=args.gap_ms,
-                                          progress=progress))
-        except (OSError, ValueError) as e:
-            print(f"ghost-lsp eval keystrokes: {src}: {e}", file=sys.stderr)
-            return 1
-    out = combine(results) if len(results) > 1 else results[0]
-    out.pop("_latencies", None)
-    if len(results) > 1:
-        out["per_source"] = {Path(r["source"]).name: {k: r[k] for k in ("keystrokes_saved", "shown_rate", "right_rate",
-                                                                         "lines")} for r in results}
+    try:
+        if not args.grid:
+            out = run_sources(args, sources, args.config)
+        else:
+            # the calibration curve: one run per combination of filter thresholds, over the
+            # --config file's settings (the grid's keys go in its `filters` section)
+            base, _ = load_file(args.config) if args.config else ({}, [])
+            rows = []
+            with tempfile.TemporaryDirectory(prefix="ghost-grid-") as tmp:
+                for n, point in enumerate(_grid(args.grid)):
+                    cfg = Path(tmp) / f"grid{n}.json"
+                    cfg.write_text(json.dumps({**base, "filters": {**base.get("filters", {}), **point}}))
+                    m = run_sources(args, sources, str(cfg))
+                    rows.append({**point, **{k: m[k] for k in ("keystrokes_saved", "shown_rate", "right_rate",
+                                                               "latency_p50_ms", "latency_p95_ms", "requests")}})
+                    print(json.dumps(rows[-1]), file=sys.stderr)
+            out = {"grid": rows, "sources": sources, "lines": args.lines}
+    except (OSError, ValueError) as e:
+        print(f"ghost-lsp eval keystrokes: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(out))
+    elif "grid" in out:
+        keys = list(out["grid"][0])
+        print(" | ".join(keys))
+        for row in out["grid"]:
+            print(" | ".join(str(row[k]) for k in keys))
     else:
         for k, v in out.items():
             print(f"{k:>18}: {v}")
