@@ -42,7 +42,7 @@ def _tokenizer(specials):
     return tok
 
 
-def build_hf(folder, arch, specials_of):
+def build_hf(folder, arch, specials_of, hidden=32):
     """A random tiny checkpoint of `arch` with a byte-level tokenizer holding `specials_of`'s tokens."""
     import torch
     import transformers as T
@@ -50,7 +50,7 @@ def build_hf(folder, arch, specials_of):
     tok = _tokenizer(SPECIALS[specials_of])
     vocab = tok.get_vocab_size()
     eos = 1 if specials_of in ("deepseek", "phi3", "codegemma") else 0
-    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                   eos_token_id=eos, bos_token_id=eos, pad_token_id=eos, initializer_range=0.2)
     if arch == "gpt_bigcode":
@@ -167,3 +167,29 @@ def test_model_too_big_for_memory_is_refused_with_the_numbers(tmp_path, monkeypa
     with pytest.raises(ExportInputError, match=r"6\.7\d B parameters need about \d+\.\d GiB .* 16\.0 GiB is available"):
         ex.export_onnx(hf, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arch,specials_of", [("qwen2", "qwen"), ("mistral", "starcoder")])
+def test_fused_graph_covers_qwen2_and_mistral(tmp_path, arch, specials_of):
+    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.types import SamplingParams
+
+    hf = build_hf(tmp_path / "hf", arch, specials_of, hidden=64)  # GroupQueryAttention: head_dim 16
+    # fp32 against PyTorch (int8 agreement on random tiny weights measures noise, not the graph)
+    report = ex.export_onnx(hf, tmp_path / "out", quantize="none", graph="fused", steps=6)
+    assert report["fp32_ok"] and report["fp32_max_abs_logit_diff"] < 1e-3, report
+    m = Manifest.load(tmp_path / "out")
+    assert (m.architecture, m.info["graph"], m.quantization) == (arch, "fused", "none")
+    c = OnnxEngine(tmp_path / "out").generate("def f():\n    ", SamplingParams(max_new_tokens=4))
+    assert len(c.token_ids) >= 1
+
+
+def test_fused_graph_stops_at_the_sliding_window(tmp_path):
+    from transformers import MistralConfig
+
+    from ghost_lsp.tools.modelkit.llama_graph import positions
+
+    assert positions(MistralConfig(max_position_embeddings=32768, sliding_window=4096)) == 4096
+    assert positions(MistralConfig(max_position_embeddings=128, sliding_window=4096)) == 128
+    assert positions(MistralConfig(max_position_embeddings=128, sliding_window=None)) == 128
+    assert ex._context_length(MistralConfig(max_position_embeddings=32768, sliding_window=4096)) == 4096

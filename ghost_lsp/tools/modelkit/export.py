@@ -8,7 +8,7 @@ output folder unless validation passes.
 Why plain quantize_dynamic: measured, it kept greedy output identical to
 PyTorch where optimum's ORTQuantizer diverged; either way every quantized model is checked.
 
-graph="fused" (Llama only) replaces the optimum export with modelkit/llama_graph.py's compact
+graph="fused" (Llama, Qwen2, Mistral) replaces the optimum export with modelkit/llama_graph.py's compact
 graph (GroupQueryAttention, untied LM head, optional last-position logits, KV appended in
 place). quantize="int8" makes its MatMuls DynamicQuantizeMatMul (and the embedding int8);
 "int8-nbits"/"int4" make them MatMulNBits (int8/int4 weights, int8 compute: faster decode,
@@ -37,7 +37,7 @@ from ghost_lsp.tools.modelkit.families import FAMILIES, FamilyError, detect_fami
 
 log = logging.getLogger(__name__)
 
-FUSED_TYPES = ("llama",)  # model types llama_graph.py builds
+FUSED_TYPES = ("llama", "qwen2", "mistral")  # model types llama_graph.py builds (its MODEL_TYPES)
 
 # Short code-like prompts; any text works since the check compares two runs of one model.
 VALIDATION_PROMPTS = [
@@ -193,6 +193,11 @@ def _validate(model, prompts_ids, fp32: Path, quant: Path | None, steps: int,
 
 
 def _context_length(config) -> int:
+    from ghost_lsp.tools.modelkit.llama_graph import sliding_window
+
+    window = sliding_window(config)
+    if window and window < int(getattr(config, "max_position_embeddings", 0) or 0):
+        return window  # beyond it attention is local: the fused graph stops there, so does the prompt
     for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
@@ -207,8 +212,8 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     """Export, validate and package a local Hugging Face causal LM; return the validation report.
 
     quantize: "int8" (= "int8-dynamic"), "int8-nbits" or "int4" (MatMulNBits, fused graph
-    only) or None/"none". graph: "optimum" or "fused" (Llama
-    only, see llama_graph.py). tokenizer_json defaults to hf_dir/tokenizer.json.
+    only) or None/"none". graph: "optimum" or "fused" (Llama,
+    Qwen2, Mistral: see llama_graph.py). tokenizer_json defaults to hf_dir/tokenizer.json.
     manifest_fields override manifest values (name, family, info, ...); `info` is merged.
     family: the prompt family (families.py); None = detected from the tokenizer and config.
     Raises ExportValidationError (out_dir untouched) when fp32 logits differ from PyTorch by
@@ -338,7 +343,7 @@ def add_model_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=list(QUANTIZE_CHOICES), default="int8",
                    help="int8 = int8-dynamic; int8-nbits and int4 (MatMulNBits) need --graph fused")
     p.add_argument("--graph", choices=["optimum", "fused"], default="optimum",
-                   help="fused: compact Llama graph (GroupQueryAttention, untied int8 LM head, "
+                   help="fused: compact Llama/Qwen2/Mistral graph (GroupQueryAttention, untied int8 LM head, "
                         "last-position prefill logits); see ghost-lsp bench --peers")
     p.add_argument("--tokenizer", dest="tokenizer_json", default=None,
                    help="tokenizer.json to ship (default: HF_DIR/tokenizer.json)")
