@@ -102,7 +102,20 @@ def test_each_architecture_exports_and_validates(tmp_path, arch, specials_of, fa
     if family == "codegemma":
         assert m.eos_token == "<|file_separator|>" and "<eos>" in m.stop_tokens
     if family == "plain":
-        assert m.eos_token == "<s>" or m.eos_token in SPECIALS["phi3"]
+        assert m.eos_token in SPECIALS["phi3"]
+    # The engine finds the family's end token and sentinels, and completes the family's prompt.
+    from ghost_lsp.completion.prompt import build_prompt
+    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.types import Context, SamplingParams
+
+    eng = OnnxEngine(tmp_path / "out")
+    assert eng.eos_id is not None and eng.eos_id == eng.tokenizer.token_to_id(m.eos_token)
+    assert all(i is not None for i in eng._fim_ids) if m.fim else True
+    ctx = Context(prefix="def add(a, b):\n    return ", suffix="\n", path="pkg/a.py", language="python")
+    prompt = build_prompt(ctx, m, eng.count_tokens, 8)
+    assert prompt.fim == m.fim and prompt.template.startswith(family)
+    c = eng.generate(prompt.text, SamplingParams(max_new_tokens=3, stop=prompt.stop))
+    assert c.finish_reason in ("length", "eos", "stop")
 
 
 def _cli(argv):
