@@ -139,7 +139,7 @@ def test_family_is_detected_from_special_tokens_and_model_type(kind, family, eos
     assert det.family.name == family and det.eos_token == eos
     assert det.fim == (family != "plain")
     for t in (det.fim_prefix, det.fim_suffix, det.fim_middle) if det.fim else ():
-        assert tok.token_to_id(t) is not None  # the manifest's sentinels are real vocabulary entries
+        assert tok.token_to_id(t) is not None or (kind, t) == ("codegen", "")  # real vocabulary entries
     assert all(tok.token_to_id(t) is not None for t in det.stop_tokens) and eos not in det.stop_tokens
     load_template(family)  # every family has its template
 
@@ -276,3 +276,18 @@ def test_repository_wrapping_counts_against_the_snippet_budget():
     prompt = build_prompt(ctx, manifest, count, 44)
     assert count(prompt.text) <= 256 and prompt.text.startswith("<|repo_name|>pkg\n<|file_sep|>pkg/big.py\n")
     assert template_for(manifest).id == "qwen@2"
+
+
+def test_the_manifests_stop_tokens_join_the_templates():
+    tok = tokenizer_for("starcoder")
+    _, manifest = manifest_for("starcoder", tok)
+    manifest.stop_tokens = ["<fim_pad>", "<|endoftext|>"]
+    ctx = Context(prefix=PREFIX, suffix=SUFFIX, path=PATH, language="python")
+    prompt = build_prompt(ctx, manifest, lambda t: len(t), 64)
+    assert prompt.stop.count("<|endoftext|>") == 1 and prompt.stop[-1] == "<fim_pad>"
+    assert load_template("starcoder").stop == tuple(prompt.stop[:-1])  # the cached template is untouched
+
+
+def test_codegen_has_no_prefix_sentinel_and_can_be_chosen():
+    det = detect_family(tokenizer_for("codegen").get_vocab(), "llama", override="codegen")
+    assert (det.fim_prefix, det.fim_suffix, det.fim_middle, det.eos_token) == ("", "<mask_1>", "<mask_1>", "<eom>")

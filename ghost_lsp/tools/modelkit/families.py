@@ -23,42 +23,40 @@ class Family:
     sentinels: tuple[str, str, str] | None = None
     eos: tuple[str, ...] = ()  # end-of-completion candidates, the first one in the vocabulary wins
     stops: tuple[str, ...] = ()  # the family's other end/separator tokens (those in the vocabulary)
-    model_types: tuple[str, ...] = field(default=(), compare=False)  # config.model_type values seen
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     # https://github.com/QwenLM/Qwen2.5-Coder (README, "fill in the middle" and repository level)
     Family("qwen", "Qwen2 / Qwen2.5-Coder",
            ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"), ("<|endoftext|>",),
-           ("<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>"), ("qwen2",)),
+           ("<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>")),
     # https://ai.google.dev/gemma/docs/codegemma/prompt-structure
     Family("codegemma", "CodeGemma",
            ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"), ("<|file_separator|>", "<eos>"),
-           ("<eos>", "<|file_separator|>"), ("gemma", "gemma2")),
+           ("<eos>", "<|file_separator|>")),
     # https://github.com/deepseek-ai/DeepSeek-Coder (README, code insertion)
     Family("deepseek", "DeepSeek-Coder",
            ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"), ("<｜end▁of▁sentence｜>",),
-           ("<|EOT|>",), ("llama",)),
+           ("<|EOT|>",)),
     # arXiv:2402.19173 (StarCoder2), section on repository context
     Family("starcoder2", "StarCoder2",
            ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), ("<|endoftext|>",),
-           ("<file_sep>", "<repo_name>", "<fim_pad>"), ("starcoder2",)),
+           ("<file_sep>", "<repo_name>", "<fim_pad>")),
     # https://huggingface.co/bigcode/starcoder ; also the project's own ghost-py models
     Family("starcoder", "StarCoder / GPT-BigCode (and ghost-py)",
            ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), ("<|endoftext|>",),
-           ("<fim_pad>", "<filename>"), ("gpt_bigcode", "llama")),
+           ("<fim_pad>", "<filename>")),
     # https://huggingface.co/bigcode/santacoder: hyphens, not underscores
     Family("santacoder", "SantaCoder",
            ("<fim-prefix>", "<fim-suffix>", "<fim-middle>"), ("<|endoftext|>",),
-           ("<fim-pad>",), ("gpt_bigcode", "gpt2")),
+           ("<fim-pad>",)),
     # https://github.com/meta-llama/codellama (llama/generation.py, infilling_prompt_tokens)
     Family("codellama", "Code Llama",
-           ("▁<PRE>", "▁<SUF>", "▁<MID>"), ("▁<EOT>",), ("</s>",), ("llama",)),
-    # https://huggingface.co/Salesforce/codegen25-7b-multi (the mask is both the hole and the
-    # start of the answer; <eom> ends it)
+           ("▁<PRE>", "▁<SUF>", "▁<MID>"), ("▁<EOT>",), ("</s>",)),
+    # https://huggingface.co/Salesforce/codegen25-7b-multi (no token before the prefix; the mask
+    # is both the hole and the start of the answer; <eom> ends it)
     Family("codegen", "CodeGen2 / CodeGen2.5",
-           ("<mask_1>", "<mask_1>", "<mask_1>"), ("<eom>",), ("<|endoftext|>", "<sep>"),
-           ("codegen", "llama")),
+           ("", "<mask_1>", "<mask_1>"), ("<eom>",), ("<|endoftext|>", "<sep>")),
     Family("plain", "left-to-right (no fill-in-the-middle)"),
 )}
 
@@ -120,7 +118,7 @@ def detect_family(vocab, model_type: str = "", *, override: str | None = None,
         if override not in FAMILIES:
             raise FamilyError(f"unknown family {override!r}; known: {', '.join(FAMILIES)}")
         family, reason = FAMILIES[override], "chosen with --family"
-        missing = [t for t in family.sentinels or () if t not in vocab]
+        missing = [t for t in family.sentinels or () if t and t not in vocab]
         if missing:
             raise FamilyError(f"--family {override}: the tokenizer lacks {', '.join(dict.fromkeys(missing))}")
     else:
