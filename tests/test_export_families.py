@@ -206,3 +206,11 @@ def test_fused_graph_stops_at_the_sliding_window(tmp_path):
     assert positions(MistralConfig(max_position_embeddings=128, sliding_window=4096)) == 128
     assert positions(MistralConfig(max_position_embeddings=128, sliding_window=None)) == 128
     assert ex._context_length(MistralConfig(max_position_embeddings=32768, sliding_window=4096)) == 4096
+
+
+def test_fused_graph_refuses_what_groupqueryattention_cannot_run(tmp_path):
+    from ghost_lsp.tools.modelkit.llama_graph import UnsupportedModel, build_llama_graph
+
+    hf = build_hf(tmp_path / "hf", "qwen2", "qwen", hidden=32)  # head_dim 8: fails at run time, so refused here
+    with pytest.raises(UnsupportedModel, match="head_dim 8 is not a multiple of 16"):
+        build_llama_graph(hf, tmp_path / "fused.onnx")

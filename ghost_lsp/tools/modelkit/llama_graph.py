@@ -64,8 +64,8 @@ def _check_config(cfg) -> None:
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise UnsupportedModel(f"activation {cfg.hidden_act!r} is not supported by the fused format")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    if head_dim % 8:  # GroupQueryAttention's rotary kernel works on 8-value groups
-        raise UnsupportedModel(f"head_dim {head_dim} is not a multiple of 8 (GroupQueryAttention)")
+    if head_dim % 16:  # onnxruntime's CPU GroupQueryAttention: "head_size shall be a multiple of 16"
+        raise UnsupportedModel(f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention)")
 
 
 def build_llama_graph(hf_dir: str | Path, out_path: str | Path) -> Path:
