@@ -291,3 +291,23 @@ def test_the_manifests_stop_tokens_join_the_templates():
 def test_codegen_has_no_prefix_sentinel_and_can_be_chosen():
     det = detect_family(tokenizer_for("codegen").get_vocab(), "llama", override="codegen")
     assert (det.fim_prefix, det.fim_suffix, det.fim_middle, det.eos_token) == ("", "<mask_1>", "<mask_1>", "<eom>")
+
+
+def test_an_older_code_llama_tokenizer_is_shipped_with_the_dummy_space_first_only():
+    from tokenizers import Tokenizer as T
+
+    from ghost_lsp.tools.modelkit.families import shipped_tokenizer
+
+    legacy = sentencepiece(SPECIALS["codellama"], False)
+    legacy.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    text = "def f(x):\n    return x  # two spaces\n"
+    adapted = T.from_str(shipped_tokenizer("codellama", legacy.to_str()))
+    assert enc(adapted, text) == enc(legacy, text) == sp_ids(legacy, text, True)  # plain text: unchanged
+    _, manifest = manifest_for("codellama", adapted)
+    ctx = Context(prefix=PREFIX, suffix=SUFFIX, path=PATH, language="python")
+    prompt = build_prompt(ctx, manifest, lambda t: len(enc(adapted, t)), 64)
+    expected = (sid(adapted, "<s>") + sid(adapted, "▁<PRE>") + sp_ids(adapted, PREFIX, True) + sid(adapted, "▁<SUF>")
+                + sp_ids(adapted, SUFFIX, False) + sid(adapted, "▁<MID>"))
+    assert enc(adapted, prompt.text) == expected != enc(legacy, prompt.text)  # the older one adds "▁"s
+    assert shipped_tokenizer("codellama", adapted.to_str()) is None  # already right
+    assert shipped_tokenizer("qwen", legacy.to_str()) is None  # other families ship theirs as is

@@ -33,7 +33,7 @@ import numpy as np
 from ghost_lsp.paths import portable
 from ghost_lsp.tools.modelkit.export_inputs import (OPTIMUM_EXTRA, ExportInputError, check_architecture,
                                                     check_folder, check_memory)
-from ghost_lsp.tools.modelkit.families import FAMILIES, FamilyError, detect_family
+from ghost_lsp.tools.modelkit.families import FAMILIES, FamilyError, detect_family, shipped_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,12 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
         for ext in (final.with_name(final.name + "_data"), final.with_name(final.name + ".data")):
             if ext.is_file():
                 shutil.copyfile(ext, out_dir / ("model.onnx" + ext.name[len(final.name):]))
-        if tok_path.resolve() != (out_dir / "tokenizer.json").resolve():
+        family_name = (manifest_fields or {}).get("family") or det.family.name
+        adapted = shipped_tokenizer(family_name, tokenizer.to_str())
+        if adapted is not None:
+            _progress(f"tokenizer.json: SentencePiece's dummy space before the first piece only ({family_name})")
+            (out_dir / "tokenizer.json").write_text(adapted, encoding="utf-8")
+        elif tok_path.resolve() != (out_dir / "tokenizer.json").resolve():
             shutil.copyfile(tok_path, out_dir / "tokenizer.json")
 
     fields = dict(manifest_fields or {})

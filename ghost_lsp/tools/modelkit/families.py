@@ -132,3 +132,26 @@ def detect_family(vocab, model_type: str = "", *, override: str | None = None,
     if config_eos and config_eos != det.eos_token and config_eos not in det.stop_tokens:
         det.stop_tokens.append(config_eos)
     return det
+
+
+def shipped_tokenizer(family: str, tokenizer_json: str) -> str | None:
+    """The tokenizer.json text to ship when the family's template needs it changed, else None.
+
+    Code Llama: an older tokenizer.json puts SentencePiece's dummy "▁" before every piece
+    between special tokens (a Prepend normalizer), so "▁<SUF>{suffix}" would gain a space the
+    model never saw after <SUF>. Moved to a Metaspace pre-tokenizer that prepends to the text's
+    first piece only (what transformers' Llama conversion writes today), the prompt's tokens are
+    exactly infilling_prompt_tokens'; plain text still gets its one leading "▁".
+    """
+    import json
+
+    if family != "codellama":
+        return None
+    data = json.loads(tokenizer_json)
+    norm = data.get("normalizer") or {}
+    steps = norm.get("normalizers", []) if norm.get("type") == "Sequence" else [norm]
+    if not any(step.get("type") == "Prepend" for step in steps):
+        return None
+    data["normalizer"] = None  # Metaspace also turns spaces into "▁"
+    data["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
+    return json.dumps(data, ensure_ascii=False)
