@@ -311,3 +311,14 @@ def test_an_older_code_llama_tokenizer_is_shipped_with_the_dummy_space_first_onl
     assert enc(adapted, prompt.text) == expected != enc(legacy, prompt.text)  # the older one adds "▁"s
     assert shipped_tokenizer("codellama", adapted.to_str()) is None  # already right
     assert shipped_tokenizer("qwen", legacy.to_str()) is None  # other families ship theirs as is
+
+
+@pytest.mark.parametrize("path,shown,repo", [("/home/alice/work/proj/pkg/main.py", "main.py", "pkg"),
+                                             ("C:\\Users\\alice\\pkg\\main.py", "main.py", "pkg"),
+                                             ("main.py", "main.py", "repo")])
+def test_repository_headers_never_show_an_absolute_path(path, shown, repo):
+    t = load_template("qwen")
+    ctx = Context(prefix="x = ", suffix="", path=path, language="python", snippets=[OTHER])
+    text = t.fill(ctx, ctx.prefix, "", t.snippet_block("python", OTHER))
+    assert text.startswith(f"<|repo_name|>{repo}\n<|file_sep|>pkg/util.py\n")
+    assert f"<|file_sep|>{shown}\n<|fim_prefix|>x = " in text and "alice" not in text

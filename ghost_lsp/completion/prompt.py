@@ -52,8 +52,9 @@ class Template:
     snippet_comment: bool = True
     # Repository-level formats (StarCoder2, Qwen2.5-Coder, DeepSeek-Coder): shown only when at
     # least one snippet is: repo_header before the snippets, repo_footer after them, repo_file
-    # (the current file's own header) at {repo_file}. {path} = the current file, {repo} = the
-    # name of its folder (a label), {comment} = the language's line comment.
+    # (the current file's own header) at {repo_file}. {path} = the current file (its name only
+    # when the path is absolute), {repo} = the name of its folder (a label), {comment} = the
+    # language's line comment.
     repo_header: str = ""
     repo_footer: str = ""
     repo_file: str = ""
@@ -84,9 +85,13 @@ class Template:
     def _repo_text(self, text: str, ctx: Context) -> str:
         if not text:
             return ""
-        repo = PurePosixPath(ctx.path.replace("\\", "/")).parent.name or "repo"
+        path = PurePosixPath(ctx.path.replace("\\", "/"))
+        repo = path.parent.name or "repo"
+        # An absolute path would say where the user's home is: its file name only (as the
+        # neighbour snippets show files outside the project).
+        shown = path.name if path.is_absolute() or re.match(r"[A-Za-z]:", ctx.path) else str(path)
         return (text.replace("{comment}", self.comment(ctx.language)).replace("{repo}", repo)
-                .replace("{path}", ctx.path))
+                .replace("{path}", shown))
 
     def repo_cost(self, ctx: Context, count: Callable[[str], int]) -> int:
         """Tokens the repository-level wrapping adds once any snippet is shown."""
