@@ -27,6 +27,7 @@ SPECIALS = {
     "codegemma": ["<pad>", "<eos>", "<bos>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
                   "<|file_separator|>"],
     "phi3": ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|end|>"],
+    "codegen": ["<|endoftext|>", "<mask_1>", "<sep>", "<eom>"],
 }
 
 
@@ -60,6 +61,8 @@ def build_hf(folder, arch, specials_of, hidden=32):
         cfg = T.GemmaConfig(head_dim=8, **common)
     elif arch == "phi3":
         cfg = T.Phi3Config(**common)
+    elif arch == "phi":
+        cfg = T.PhiConfig(**{**common, "num_key_value_heads": 4})  # Phi-2 has no grouped KV heads
     else:
         cfg = {"llama": T.LlamaConfig, "qwen2": T.Qwen2Config, "mistral": T.MistralConfig,
                "starcoder2": T.Starcoder2Config}[arch](**common)
@@ -83,10 +86,12 @@ ARCHS = [  # (architecture, whose tokenizer, the family export must pick)
     ("gpt_bigcode", "starcoder", "starcoder"),
     ("gemma", "codegemma", "codegemma"),
     ("phi3", "phi3", "plain"),
+    ("phi", "phi3", "plain"),  # Phi-2
+    ("llama", "codegen", "codegen"),  # CodeGen2.5 is a Llama
 ]
 
 
-@pytest.mark.parametrize("arch,specials_of,family", ARCHS, ids=[a[0] for a in ARCHS])
+@pytest.mark.parametrize("arch,specials_of,family", ARCHS, ids=[f"{a[0]}-{a[2]}" for a in ARCHS])
 def test_each_architecture_exports_and_validates(tmp_path, arch, specials_of, family):
     hf = build_hf(tmp_path / "hf", arch, specials_of)
     report = ex.export_onnx(hf, tmp_path / "out", quantize="none", steps=4)
@@ -99,6 +104,8 @@ def test_each_architecture_exports_and_validates(tmp_path, arch, specials_of, fa
         assert "<|file_sep|>" in m.stop_tokens
     if family == "deepseek":
         assert (m.fim_prefix, m.fim_middle, m.eos_token) == ("<｜fim▁begin｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>")
+    if family == "codegen":
+        assert (m.fim_suffix, m.fim_middle, m.eos_token) == ("<mask_1>", "<mask_1>", "<eom>")
     if family == "codegemma":
         assert m.eos_token == "<|file_separator|>" and "<eos>" in m.stop_tokens
     if family == "plain":
