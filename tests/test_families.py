@@ -184,6 +184,9 @@ def test_every_family_has_a_template_with_its_sentinels():
     for fam in FAMILIES.values():
         t = load_template(fam.name)
         assert t.fim == (fam.sentinels is not None)
+        assert all(s in t.template for s in fam.sentinels or () if s), fam.name
+        # the end-of-completion tokens are among the template's stops
+        assert all(e in t.stop for e in fam.eos), fam.name
 
 
 # -- prompts, token for token ---------------------------------------------------------------
