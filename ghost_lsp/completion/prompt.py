@@ -20,7 +20,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from ghost_lsp.engine.manifest import Manifest
@@ -31,7 +31,7 @@ from ghost_lsp.types import Context, Prompt, Snippet
 
 log = logging.getLogger(__name__)
 
-_PLACEHOLDER = re.compile(r"\{(path_header|snippets|suffix|prefix)\}")
+_PLACEHOLDER = re.compile(r"\{(path_header|snippets|repo_file|suffix|prefix)\}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,14 @@ class Template:
     # each behind the comment mark when snippet_comment is true.
     snippet: str = "{comment} path: {path}\n{code}"
     snippet_comment: bool = True
+    # Repository-level formats (StarCoder2, Qwen2.5-Coder, DeepSeek-Coder): shown only when at
+    # least one snippet is: repo_header before the snippets, repo_footer after them, repo_file
+    # (the current file's own header) at {repo_file}. {path} = the current file (its name only
+    # when the path is absolute), {repo} = the name of its folder (a label), {comment} = the
+    # language's line comment.
+    repo_header: str = ""
+    repo_footer: str = ""
+    repo_file: str = ""
     comments: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -74,10 +82,32 @@ class Template:
         block = self.snippet.replace("{comment}", self.comment(language)).replace("{path}", snip.path)
         return block.replace("{code}", code).rstrip("\n") + "\n"
 
+    def _repo_text(self, text: str, ctx: Context) -> str:
+        if not text:
+            return ""
+        path = PurePosixPath(ctx.path.replace("\\", "/"))
+        repo = path.parent.name or "repo"
+        # An absolute path would say where the user's home is: its file name only (as the
+        # neighbour snippets show files outside the project).
+        shown = path.name if path.is_absolute() or re.match(r"[A-Za-z]:", ctx.path) else str(path)
+        return (text.replace("{comment}", self.comment(ctx.language)).replace("{repo}", repo)
+                .replace("{path}", shown))
+
+    def repo_cost(self, ctx: Context, count: Callable[[str], int]) -> int:
+        """Tokens the repository-level wrapping adds once any snippet is shown."""
+        wrap = [self._repo_text(t, ctx) for t in (self.repo_header, self.repo_footer, self.repo_file)]
+        return sum(count(t) for t in wrap if t)
+
     def fill(self, ctx: Context, prefix: str, suffix: str, snippets: str = "") -> str:
+        """The template with its placeholders filled; `snippets` = the rendered snippet blocks."""
+        repo_file = ""
+        if snippets:
+            snippets = self._repo_text(self.repo_header, ctx) + snippets + self._repo_text(self.repo_footer, ctx)
+            repo_file = self._repo_text(self.repo_file, ctx)
         # One pass over the template only: code is full of braces, and a "{prefix}" inside the
         # user's code must stay text.
-        values = {"path_header": self.header(ctx), "snippets": snippets, "suffix": suffix, "prefix": prefix}
+        values = {"path_header": self.header(ctx), "snippets": snippets, "repo_file": repo_file,
+                  "suffix": suffix, "prefix": prefix}
         return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.template)
 
 
@@ -113,6 +143,8 @@ def load_template(family: str, prompts_dir: str | None = None) -> Template:
             prefix_share=float(data.get("prefix_share", 0.5)), snippet_share=float(data.get("snippet_share", 0.35)),
             snippet=str(data.get("snippet", Template.snippet)),
             snippet_comment=bool(data.get("snippet_comment", True)), comments=comments,
+            repo_header=str(data.get("repo_header", "")), repo_footer=str(data.get("repo_footer", "")),
+            repo_file=str(data.get("repo_file", "")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise TemplateError(f"{path}: missing or bad field: {e}") from None
@@ -248,14 +280,16 @@ def render_parts(template: Template, ctx: Context, count_tokens: Callable[[str],
         if not key or any(key in k for k in kept_texts) or _mostly_visible(s.text, visible):
             parts.append(Part(s.source, s.path, 0, "dropped: duplicate"))
             continue
-        block, n, kept_lines = _fit_block(template, ctx.language, s, snip_room, count)
+        # The repository-level wrapping is paid once, with the first snippet shown.
+        wrap = 0 if blocks else template.repo_cost(ctx, count)
+        block, n, kept_lines = _fit_block(template, ctx.language, s, snip_room - wrap, count)
         if not block:
             parts.append(Part(s.source, s.path, 0, "dropped: no room"))
             continue
         total_lines = _lines(s.text)
         blocks.append(block)
         kept_texts.append(key)
-        snip_room -= n
+        snip_room -= n + wrap
         parts.append(Part(s.source, s.path, n, "kept" if kept_lines == total_lines
                           else f"kept {kept_lines}/{total_lines} lines"))
 
@@ -298,7 +332,9 @@ def build_prompt(ctx: Context, manifest: Manifest, count_tokens: Callable[[str],
                  prompts_dir: str | None = None) -> Prompt:
     template = template_for(manifest, prompts_dir)
     budget = max(16, manifest.context_length - max_new_tokens)
-    return render(template, ctx, count_tokens, budget)
+    prompt = render(template, ctx, count_tokens, budget)
+    prompt.stop += [t for t in manifest.stop_tokens or () if t and t not in prompt.stop]
+    return prompt
 
 
 def prompt_hash(text: str) -> str:

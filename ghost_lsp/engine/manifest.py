@@ -33,6 +33,9 @@ class Manifest:
     fim_suffix: str = "<fim_suffix>"
     fim_middle: str = "<fim_middle>"
     pad_token: str = "<|pad|>"
+    # the model family's own end and separator tokens (e.g. <|file_sep|>): a completion stops
+    # at them whatever the template says (`model export` writes them; empty = the template's)
+    stop_tokens: list = field(default_factory=list)
     # free-form provenance: corpus, training, validation figures
     info: dict = field(default_factory=dict)
     format: str = FORMAT

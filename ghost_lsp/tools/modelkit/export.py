@@ -8,7 +8,7 @@ output folder unless validation passes.
 Why plain quantize_dynamic: measured, it kept greedy output identical to
 PyTorch where optimum's ORTQuantizer diverged; either way every quantized model is checked.
 
-graph="fused" (Llama only) replaces the optimum export with modelkit/llama_graph.py's compact
+graph="fused" (Llama, Qwen2, Mistral) replaces the optimum export with modelkit/llama_graph.py's compact
 graph (GroupQueryAttention, untied LM head, optional last-position logits, KV appended in
 place). quantize="int8" makes its MatMuls DynamicQuantizeMatMul (and the embedding int8);
 "int8-nbits"/"int4" make them MatMulNBits (int8/int4 weights, int8 compute: faster decode,
@@ -31,10 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from ghost_lsp.paths import portable
+from ghost_lsp.tools.modelkit.export_inputs import (OPTIMUM_EXTRA, ExportInputError, check_architecture,
+                                                    check_folder, check_memory)
+from ghost_lsp.tools.modelkit.families import FAMILIES, FamilyError, detect_family, shipped_tokenizer
 
 log = logging.getLogger(__name__)
 
-FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+FUSED_TYPES = ("llama", "qwen2", "mistral")  # model types llama_graph.py builds (its MODEL_TYPES)
 
 # Short code-like prompts; any text works since the check compares two runs of one model.
 VALIDATION_PROMPTS = [
@@ -62,12 +65,30 @@ def _run_optimum_export(hf_dir: Path, work: Path) -> Path:
     from optimum.exporters.onnx import main_export
 
     main_export(str(hf_dir), output=str(work), task="text-generation-with-past",
-                no_post_process=True, do_validation=False, device="cpu")
+                no_post_process=True, do_validation=False, device="cpu",
+                custom_onnx_configs=_lent_onnx_config(hf_dir))
     candidates = [work / "model.onnx", work / "decoder_with_past_model.onnx"]
     for path in candidates:
         if path.is_file():
             return path
     raise RuntimeError(f"{work}: optimum produced no model.onnx ({sorted(p.name for p in work.iterdir())})")
+
+
+def _lent_onnx_config(hf_dir: Path) -> dict | None:
+    """For a model type optimum has no ONNX config for (export_inputs.OPTIMUM_EXTRA), the config
+    of one whose inputs and KV-cache shapes are the same (StarCoder2: Mistral's)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(hf_dir)
+    lender = OPTIMUM_EXTRA.get(getattr(config, "model_type", ""))
+    if lender is None:
+        return None
+    import optimum.exporters.onnx.model_configs  # noqa: F401 - fills the registry
+    from optimum.exporters.tasks import TasksManager
+
+    make = TasksManager.get_exporter_config_constructor("onnx", model_type=lender, task="text-generation",
+                                                         library_name="transformers")
+    return {"model": make(config, use_past=True, use_past_in_inputs=True)}
 
 
 def _quantize(src: Path, dst: Path) -> Path:
@@ -172,6 +193,11 @@ def _validate(model, prompts_ids, fp32: Path, quant: Path | None, steps: int,
 
 
 def _context_length(config) -> int:
+    from ghost_lsp.tools.modelkit.llama_graph import sliding_window
+
+    window = sliding_window(config)
+    if window and window < int(getattr(config, "max_position_embeddings", 0) or 0):
+        return window  # beyond it attention is local: the fused graph stops there, so does the prompt
     for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
@@ -182,13 +208,14 @@ def _context_length(config) -> int:
 def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None = "int8",
                 tokenizer_json: str | Path | None = None, manifest_fields: dict | None = None,
                 min_agreement: float = 0.9, logits_atol: float = 1e-3, steps: int = 8,
-                prompts: list[str] | None = None, graph: str = "optimum") -> dict:
+                prompts: list[str] | None = None, graph: str = "optimum", family: str | None = None) -> dict:
     """Export, validate and package a local Hugging Face causal LM; return the validation report.
 
     quantize: "int8" (= "int8-dynamic"), "int8-nbits" or "int4" (MatMulNBits, fused graph
-    only) or None/"none". graph: "optimum" or "fused" (Llama
-    only, see llama_graph.py). tokenizer_json defaults to hf_dir/tokenizer.json.
+    only) or None/"none". graph: "optimum" or "fused" (Llama,
+    Qwen2, Mistral: see llama_graph.py). tokenizer_json defaults to hf_dir/tokenizer.json.
     manifest_fields override manifest values (name, family, info, ...); `info` is merged.
+    family: the prompt family (families.py); None = detected from the tokenizer and config.
     Raises ExportValidationError (out_dir untouched) when fp32 logits differ from PyTorch by
     more than logits_atol, or int8 greedy agreement along PyTorch's greedy path is below
     min_agreement (over `prompts` × `steps`).
@@ -204,11 +231,30 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     if graph not in ("optimum", "fused"):
         raise ValueError(f"graph must be 'optimum' or 'fused', not {graph!r}")
     quantize = _quant_kind(quantize, graph)
-    tok_path = Path(tokenizer_json) if tokenizer_json else hf_dir / "tokenizer.json"
-    if not tok_path.is_file():
-        raise FileNotFoundError(f"{tok_path}: tokenizer.json not found (pass tokenizer_json=)")
-    tokenizer = Tokenizer.from_file(str(tok_path))
+    raw_config, tok_path = check_folder(hf_dir, tokenizer_json)
+    check_architecture(str(raw_config.get("model_type", "")), graph, FUSED_TYPES)
+    try:
+        tokenizer = Tokenizer.from_file(str(tok_path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exception subclasses
+        raise ExportInputError(f"{tok_path}: unreadable tokenizer: {e}") from None
     config = AutoConfig.from_pretrained(hf_dir)
+    check_memory(config)
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+
+    def token_name(token_id, fallback):
+        if isinstance(token_id, list):
+            token_id = token_id[0] if token_id else None
+        name = tokenizer.id_to_token(token_id) if token_id is not None else None
+        return name or fallback
+
+    # Before the export, so a wrong --family fails in a second rather than after minutes.
+    det = detect_family(vocab, getattr(config, "model_type", ""), override=family,
+                        config_eos=token_name(getattr(config, "eos_token_id", None), None))
+    if det.fim:
+        _progress(f"family: {det.family.name} ({det.family.title}; {det.reason})")
+    else:
+        _progress(f"family: plain - no fill-in-the-middle, completions will see only the code before "
+                  f"the cursor ({det.reason}); pass --family to choose one")
 
     with tempfile.TemporaryDirectory(prefix="ghost-export-") as tmp:
         work = Path(tmp)
@@ -250,33 +296,33 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
         for ext in (final.with_name(final.name + "_data"), final.with_name(final.name + ".data")):
             if ext.is_file():
                 shutil.copyfile(ext, out_dir / ("model.onnx" + ext.name[len(final.name):]))
-        if tok_path.resolve() != (out_dir / "tokenizer.json").resolve():
+        family_name = (manifest_fields or {}).get("family") or det.family.name
+        adapted = shipped_tokenizer(family_name, tokenizer.to_str())
+        if adapted is not None:
+            _progress(f"tokenizer.json: SentencePiece's dummy space before the first piece only ({family_name})")
+            (out_dir / "tokenizer.json").write_text(adapted, encoding="utf-8")
+        elif tok_path.resolve() != (out_dir / "tokenizer.json").resolve():
             shutil.copyfile(tok_path, out_dir / "tokenizer.json")
-
-    vocab = tokenizer.get_vocab()
-    fim = all(t in vocab for t in FIM_TOKENS)
-
-    def token_name(token_id, fallback):
-        if isinstance(token_id, list):
-            token_id = token_id[0] if token_id else None
-        name = tokenizer.id_to_token(token_id) if token_id is not None else None
-        return name or fallback
 
     fields = dict(manifest_fields or {})
     info = {**fields.pop("info", {}), "validation": report, "graph": graph,
             "source": {"hf_dir": portable(hf_dir), "parameters": n_params}}
+    info["family"] = {"detected": det.family.name, "reason": det.reason}
+    sentinels = ({"fim_prefix": det.fim_prefix, "fim_suffix": det.fim_suffix, "fim_middle": det.fim_middle}
+                 if det.fim else {})
     manifest = Manifest(
         name=fields.pop("name", hf_dir.name),
-        family="starcoder" if fim else "plain",
+        family=det.family.name,
         architecture=getattr(config, "model_type", "unknown"),
         context_length=ctx,
         quantization=quantize or "none",
-        fim=fim,
-        eos_token="<|endoftext|>" if "<|endoftext|>" in vocab
-        else token_name(getattr(config, "eos_token_id", None), "<|endoftext|>"),
+        fim=det.fim,
+        eos_token=det.eos_token,
         pad_token="<|pad|>" if "<|pad|>" in vocab
         else token_name(getattr(config, "pad_token_id", None), "<|pad|>"),
+        stop_tokens=det.stop_tokens,
         info=info,
+        **sentinels,
     )
     for key, value in fields.items():
         if key not in Manifest.__dataclass_fields__:
@@ -286,6 +332,8 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     report["seconds"] = round(time.perf_counter() - t_start, 2)
     report["model_bytes"] = (out_dir / "model.onnx").stat().st_size
     report["out_dir"] = str(out_dir)
+    report["family"], report["fim"] = manifest.family, manifest.fim
+    report["family_reason"] = det.reason
     _progress(f"wrote {out_dir} ({report['model_bytes'] / 1e6:.1f} MB)")
     return report
 
@@ -300,11 +348,14 @@ def add_model_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=list(QUANTIZE_CHOICES), default="int8",
                    help="int8 = int8-dynamic; int8-nbits and int4 (MatMulNBits) need --graph fused")
     p.add_argument("--graph", choices=["optimum", "fused"], default="optimum",
-                   help="fused: compact Llama graph (GroupQueryAttention, untied int8 LM head, "
+                   help="fused: compact Llama/Qwen2/Mistral graph (GroupQueryAttention, untied int8 LM head, "
                         "last-position prefill logits); see ghost-lsp bench --peers")
     p.add_argument("--tokenizer", dest="tokenizer_json", default=None,
                    help="tokenizer.json to ship (default: HF_DIR/tokenizer.json)")
     p.add_argument("--name", default=None, help="model name in the manifest (default: HF_DIR's name)")
+    p.add_argument("--family", choices=list(FAMILIES), default=None,
+                   help="prompt family (prompts/<family>.toml); default: detected from the tokenizer's "
+                        "special tokens and the config (no FIM tokens: plain)")
     p.add_argument("--min-agreement", type=float, default=0.9,
                    help="fail if int8 greedy agreement with PyTorch is below this (default 0.9)")
     p.set_defaults(func=cmd_model_export)
@@ -330,10 +381,18 @@ def cmd_model_export(args) -> int:
                                  tokenizer_json=getattr(args, "tokenizer_json", None),
                                  manifest_fields=fields,
                                  min_agreement=getattr(args, "min_agreement", 0.9),
-                                 graph=getattr(args, "graph", "optimum"))
+                                 graph=getattr(args, "graph", "optimum"),
+                                 family=getattr(args, "family", None))
+    except (FamilyError, ExportInputError) as e:
+        print(f"export refused: {e}", file=sys.stderr)
+        print(json.dumps({"ok": False, "error": str(e)}, indent=2))
+        return 2
     except ExportValidationError as e:
         print(f"export failed validation: {e}", file=sys.stderr)
         print(json.dumps({"ok": False, "error": str(e), **e.report}, indent=2))
         return 1
+    if not report["fim"]:
+        print(f"note: exported as family plain: left-to-right, no fill-in-the-middle "
+              f"({report['family_reason']}); --family picks another", file=sys.stderr)
     print(json.dumps({"ok": True, **report}, indent=2))
     return 0

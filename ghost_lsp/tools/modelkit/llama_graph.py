@@ -1,5 +1,9 @@
 """A Llama checkpoint written straight to one compact ONNX decoder graph (the "fused" format).
 
+Also Qwen2 (the same layer with q/k/v biases, added after the packed QKV MatMul) and Mistral
+(the same layer; a sliding window wider than the context changes nothing, so the graph's
+positions stop at the window: `positions()`).
+
 Why not optimum's export: its graph runs hundreds of small Shape/Gather/Concat ops per decode
 step, rebuilds the causal mask and the rotary tables every step, computes logits for every
 prompt position, and ties the LM head to the embedding (so dynamic quantization leaves it an
@@ -30,22 +34,42 @@ class UnsupportedModel(ValueError):
     """The checkpoint uses a feature this writer does not implement (use the optimum format)."""
 
 
+MODEL_TYPES = ("llama", "qwen2", "mistral")  # one decoder layer, up to q/k/v biases (Qwen2)
+
+
+def sliding_window(cfg) -> int | None:
+    """The attention window of a Mistral/Qwen2 config, None when attention is full."""
+    window = getattr(cfg, "sliding_window", None)
+    if not window or getattr(cfg, "use_sliding_window", True) is False:
+        return None
+    return int(window)
+
+
+def positions(cfg) -> int:
+    """Positions the graph serves: the model's, but no more than its sliding window, within
+    which sliding and full attention are the same."""
+    max_pos = int(cfg.max_position_embeddings)
+    window = sliding_window(cfg)
+    return min(max_pos, window) if window else max_pos
+
+
 def _check_config(cfg) -> None:
-    if getattr(cfg, "model_type", None) != "llama":
-        raise UnsupportedModel(f"fused format supports model_type 'llama', not {cfg.model_type!r}")
+    if getattr(cfg, "model_type", None) not in MODEL_TYPES:
+        raise UnsupportedModel(f"fused format supports model_type {', '.join(map(repr, MODEL_TYPES))}, "
+                               f"not {cfg.model_type!r}")
     if getattr(cfg, "rope_scaling", None):
         raise UnsupportedModel(f"rope_scaling {cfg.rope_scaling!r} is not supported by the fused format")
-    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+    if (cfg.model_type == "llama" and getattr(cfg, "attention_bias", False)) or getattr(cfg, "mlp_bias", False):
         raise UnsupportedModel("attention/MLP biases are not supported by the fused format")
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise UnsupportedModel(f"activation {cfg.hidden_act!r} is not supported by the fused format")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    if head_dim % 8:  # GroupQueryAttention's rotary kernel works on 8-value groups
-        raise UnsupportedModel(f"head_dim {head_dim} is not a multiple of 8 (GroupQueryAttention)")
+    if head_dim % 16:  # onnxruntime's CPU GroupQueryAttention: "head_size shall be a multiple of 16"
+        raise UnsupportedModel(f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention)")
 
 
 def build_llama_graph(hf_dir: str | Path, out_path: str | Path) -> Path:
-    """Write the fp32 fused graph of a local Llama checkpoint to out_path (weights inline)."""
+    """Write the fp32 fused graph of a local Llama/Qwen2/Mistral checkpoint to out_path (weights inline)."""
     import onnx
     import torch
     from onnx import TensorProto, helper, numpy_helper
@@ -63,7 +87,7 @@ def build_llama_graph(hf_dir: str | Path, out_path: str | Path) -> Path:
     head_dim = getattr(cfg, "head_dim", None) or hidden // n_heads
     eps = float(cfg.rms_norm_eps)
     n_layers = cfg.num_hidden_layers
-    max_pos = int(cfg.max_position_embeddings)
+    max_pos = positions(cfg)
 
     inits, nodes = [], []
 
@@ -103,6 +127,10 @@ def build_llama_graph(hf_dir: str | Path, out_path: str | Path) -> Path:
         wqkv = np.concatenate([sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"],
                                sd[p + "self_attn.v_proj.weight"]], axis=0).T
         qkv = node("MatMul", [h, init(f"qkv_{i}", wqkv)], [f"qkv_out_{i}"])
+        if p + "self_attn.q_proj.bias" in sd:  # Qwen2: biases before the rotary, as in PyTorch
+            bqkv = np.concatenate([sd[p + "self_attn.q_proj.bias"], sd[p + "self_attn.k_proj.bias"],
+                                   sd[p + "self_attn.v_proj.bias"]])
+            qkv = node("Add", [qkv, init(f"qkv_bias_{i}", bqkv)], [f"qkv_biased_{i}"])
         attn, pk, pv = node("GroupQueryAttention",
                             [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
                              "seqlens_k", "total_len", "cos_cache", "sin_cache"],
@@ -142,7 +170,7 @@ def build_llama_graph(hf_dir: str | Path, out_path: str | Path) -> Path:
                                                          ["batch", n_kv, "total_seq", head_dim]))
     # A plain input (not an overridable initializer): IO binding can only bind graph inputs.
     inputs.append(helper.make_tensor_value_info("logits_to_keep", i64, [1]))
-    graph = helper.make_graph(nodes, "ghost-lsp-llama-fused", inputs, outputs, inits)
+    graph = helper.make_graph(nodes, f"ghost-lsp-{cfg.model_type}-fused", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                     helper.make_opsetid("com.microsoft", 1)],
                               producer_name="ghost-lsp")
