@@ -22,6 +22,7 @@ can flip; `ghost-lsp eval ngram` reports how often outputs differ on held-out co
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -79,6 +80,14 @@ class Stepper:
         self.drafter = drafter if max_draft > 0 else None
         self.max_draft, self.max_len = max_draft, max_len
         self.calls = self.drafted = self.accepted = 0
+        self.model_s = 0.0  # time inside the model's runs: the rest of a decode step is pipeline
+
+    def _run(self, ids: list[int]) -> np.ndarray:
+        t = time.perf_counter()
+        out, self.past = self.decoder.run(ids, self.past)
+        self.model_s += time.perf_counter() - t
+        self.calls += 1
+        return out
 
     def step(self, tok: int, useful: int | None = None) -> np.ndarray:
         """Append `tok`; return the model's logits after it. `useful`: how many more tokens the
@@ -98,8 +107,7 @@ class Stepper:
                 room = min(room, useful)
             if room > 0:
                 draft = [int(t) for t in self.drafter(self.context, room)][:room]
-        out, self.past = self.decoder.run([tok] + draft, self.past)
-        self.calls += 1
+        out = self._run([tok] + draft)
         if draft and len(out) < len(draft) + 1:
             # A graph that returns only the last position's logits cannot verify drafts: undo
             # the pass, feed the token alone, and decode without drafts from now on.
@@ -107,8 +115,7 @@ class Stepper:
                         len(draft) + 1)
             self.drafter = None
             self.past = self.decoder.truncate_past(self.past, len(self.context) - 1)
-            out, self.past = self.decoder.run([tok], self.past)
-            self.calls += 1
+            out = self._run([tok])
             draft = []
         self.drafted += len(draft)
         self.ahead = list(zip(draft, out[1:len(draft) + 1]))
@@ -167,7 +174,7 @@ class DecodeHooks:
         """Counters for Candidate.decode_info: model calls in the decode loop (prefill not
         included), drafted and accepted tokens, and what the n-gram mix did."""
         s, m = self.stepper, self.mix_stats
-        out = {"decode_calls": s.calls, "draft_tokens": s.drafted, "draft_accepted": s.accepted,
+        out = {"decode_calls": s.calls, "model_ms": round(s.model_s * 1000, 3), "draft_tokens": s.drafted, "draft_accepted": s.accepted,
                "drafts_from_prompt": self.draft_sources["prompt"], "drafts_from_cache": self.draft_sources["cache"]}
         if self.ngrams is not None:
             out.update(ngram_steps=m.steps, ngram_matched=m.matched, ngram_changed=m.changed,

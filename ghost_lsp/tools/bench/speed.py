@@ -26,6 +26,7 @@ from ghost_lsp.tools.bench.checkpoints import DEFAULT_RUNS
 from ghost_lsp.tools.bench.engines import _onnx_speed, section_engines, section_variants
 from ghost_lsp.tools.bench.hardware import section_bandwidth, section_sampling
 from ghost_lsp.tools.bench.keystrokes import section_cache, section_lsp
+from ghost_lsp.tools.bench.pipeline import section_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ def _table(results: list[dict]) -> str:
                        f"({o['tokens_per_s']} vs {t['tokens_per_s']} tok/s, {r['decode_speedup']}x); "
                        f"peak RSS {o.get('peak_rss_mb')} vs {t.get('peak_rss_mb')} MB; "
                        f"greedy agreement {r['greedy_token_agreement']}")
+        elif kind == "pipeline":
+            c, b = r["completer"], r["bare_engine"]
+            out.append(f"{kind:<13} {r['requests']} requests: model step {c['model_ms_per_step']} ms; "
+                       f"overhead per token: completer {c['overhead_ms_per_token']} ms "
+                       f"({c['overhead_share_of_step']} of a step), bare engine {b['overhead_ms_per_token']} ms "
+                       f"({b['overhead_share_of_step']})" if c and b else f"{kind:<13} no request measured")
         elif kind == "quantization":
             a, b = r["onnx_fp32"], r["onnx_int8"]
             out.append(f"{kind:<13} fp32 {a['ms_per_token']:.3f} ms/token, {a['prefill_ms']:.1f} ms prefill, "
@@ -83,7 +90,7 @@ def _table(results: list[dict]) -> str:
     return "\n".join(out)
 
 
-SECTIONS = ("engines", "variants", "cache", "lsp", "bandwidth", "sampling")
+SECTIONS = ("engines", "variants", "cache", "pipeline", "lsp", "bandwidth", "sampling")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -127,6 +134,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run("variants", lambda: section_variants(folder, args.hf, args.teacher, args.student, threads,
                                              args.new_tokens, args.rounds))
     run("cache", lambda: section_cache(folder, args.package, threads, args.positions, args.seed))
+    run("pipeline", lambda: section_pipeline(folder, args.package, threads, args.positions * 4, args.seed))
     run("lsp", lambda: section_lsp(folder, args.package, args.keystrokes, (args.gap_min, args.gap_max), args.seed,
                                    Path(str(args.out) + ".server.log")))
     measured = next((r["onnx_int8"]["ms_per_token"] for r in results

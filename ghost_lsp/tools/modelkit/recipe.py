@@ -210,13 +210,19 @@ def stage_package(r: Recipe) -> dict:
     info = {
         "recipe": str(r.path.relative_to(REPO)) if r.path.is_relative_to(REPO) else str(r.path),
         "corpus": {"totals": corpus["totals"],
-                   "packages": {p["name"]: [p["version"], p["licence"], p["split"]] for p in corpus["packages"]
-                                if p["source"] != "stdlib"},
                    "stdlib_modules": sum(1 for p in corpus["packages"] if p["source"] == "stdlib")},
-        "training": {k: summary.get(k) for k in ("params", "steps", "tokens_seen", "val_loss", "train_minutes")},
+        "training": {k: summary.get(k) for k in ("params", "steps", "tokens_seen", "val_loss", "train_minutes",
+                                                  "cumulative_tokens", "tokens_per_s", "gflops_per_s")
+                     if summary.get(k) is not None},
         "distilled_from": distilled.get("config", {}).get("teacher", ""),
     }
-    if source != "student":
+    sdists = {p["name"]: [p["version"], p["licence"], p["split"]] for p in corpus["packages"] if p["source"] != "stdlib"}
+    if len(sdists) <= 50:
+        info["corpus"]["packages"] = sdists
+    else:  # hundreds of packages: the list travels as corpus.json beside the manifest
+        info["corpus"]["packages_file"] = "corpus.json"
+        info["corpus"]["sdists"] = len(sdists)
+    if source not in ("student", "base"):
         info["fine_tuned"] = {"stage": source, "from": summary.get("init_from", ""),
                               "settings": summary.get("config", {})}
     kwargs = {}
@@ -228,6 +234,8 @@ def stage_package(r: Recipe) -> dict:
                          manifest_fields={"name": r.name, "info": info,
                                           **({"family": e["prompt_family"]} if e.get("prompt_family") else {})},
                          **kwargs)
+    if "packages_file" in info["corpus"]:
+        shutil.copyfile(r.corpus_dir / "corpus.json", r.out / "corpus.json")
     if (student / "train_state.json").is_file():
         ship_checkpoint(student, r.out)
     return report
