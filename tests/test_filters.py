@@ -164,3 +164,21 @@ def test_loops_eval_counts_cycle_cuts_on_real_code():
     got = real_code_cuts([("a.py", parallel + plain + "z = 0\n")])
     assert got["windows"] == 2
     assert got["recurring"] == 0.5 and got["other_cycle_rules"] == 0.0
+
+
+def test_code_mask_after_a_scanned_context_equals_the_one_pass_mask():
+    """The early stop's cached context scan gives exactly the mask of scanning everything at once,
+    also when a quote or comment marker straddles the context's end."""
+    import random
+
+    from ghost_lsp.completion.filters.lexical import code_mask, code_mask_after
+
+    rng = random.Random(0)
+    alphabet = ['"', "'", "#", "\\", "\n", "(", ")", "[", "]", "x", " ", '"""', "'''", "/*", "*/", "//"]
+    for language in ("python", "javascript"):
+        for _ in range(400):
+            context = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+            for _ in range(3):  # the same context with growing texts, as the decoder asks
+                text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+                want = code_mask(context + text, language)[-len(text):] if text else []
+                assert code_mask_after(context, text, language) == want, (language, context, text)

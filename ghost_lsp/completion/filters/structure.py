@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from ghost_lsp.completion.filters.lexical import code_mask, _indent, Scanner
+from ghost_lsp.completion.filters.lexical import code_mask_after, _indent, Scanner
 from ghost_lsp.languages import BRACE_LANGUAGES, language_of
 from ghost_lsp.settings.filters import MAX_LINES
 from ghost_lsp.types import Context
@@ -49,7 +49,7 @@ def end_of_line(text: str, ctx: Context) -> tuple[str, str | None]:
 def _indent_block_end(text: str, ctx: Context) -> int | None:
     line_prefix = ctx.current_line_prefix
     ref = _indent(line_prefix) if line_prefix.strip() else len(line_prefix.expandtabs(4))
-    mask = code_mask(ctx.prefix[-2000:] + text, ctx.language)[-len(text):] if text else []
+    mask = code_mask_after(ctx.prefix[-2000:], text, ctx.language)
     pos = 0
     lines = text.split("\n")
     for i, line in enumerate(lines):
