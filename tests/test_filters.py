@@ -182,3 +182,21 @@ def test_code_mask_after_a_scanned_context_equals_the_one_pass_mask():
                 text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
                 want = code_mask(context + text, language)[-len(text):] if text else []
                 assert code_mask_after(context, text, language) == want, (language, context, text)
+
+
+def test_syntax_rule_sees_errors_in_a_window_that_starts_inside_a_block():
+    """A prefix window with no top-level line (deep in a long method) used to fail to parse at its
+    first line, which hid every error a suggestion added; nested `if 1:` headers make it parse."""
+    from ghost_lsp.completion.filters.syntax import syntax_check
+    from ghost_lsp.types import Context
+
+    body = "".join(f"            x{i} = compute({i})\n" for i in range(40))
+    prefix = body + "            try:\n                y = 1\n            except KeyError:\n                pass\n        "
+    suffix = "\n        return y\n\n    def other(self):\n        return 2\n"
+    ctx = Context(prefix=prefix, suffix=suffix, path="a.py", language="python")
+    # a block opener with no block: the suffix goes on at the same level
+    assert syntax_check("if y:", ctx) == ("", "syntax")
+    # a dedent below every enclosing level
+    assert syntax_check("z = 2\n  w = 3", ctx) == ("z = 2", "syntax")
+    # a sound statement still passes
+    assert syntax_check("y = y + 1", ctx) == ("y = y + 1", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import re
 
 from ghost_lsp.completion.filters.lexical import _cut_points, _SUFFIX_WINDOW, _top_level_end, _top_level_start
 from ghost_lsp.types import Context
@@ -30,6 +31,37 @@ def _python_error(src: str) -> int | None:
         return 0
 
 
+_CLAUSE = re.compile(r"(else|elif|except|finally|case)\b")
+
+
+def _enclose(prefix: str, suffix: str) -> str:
+    """A window that begins inside indented blocks (a long function or class body: no top-level
+    line in sight) parses as code nested in `if 1:` headers, one per indentation level it dedents
+    to. Without them the window's first line is an "unexpected indent", and `ast.parse`, which
+    reports only the first error, then hid every error the suggestion adds further on."""
+    lines = prefix.split("\n")
+    start = 0
+    for i, line in enumerate(lines):
+        body = line.strip()
+        if body and body[0] not in ")]}#" and not _CLAUSE.match(body):
+            start = i
+            break
+    else:
+        return prefix
+    first = lines[start]
+    indent = len(first) - len(first.lstrip(" "))
+    if indent == 0 or "\t" in prefix or "\t" in suffix:
+        return prefix
+    levels = {0}
+    for line in lines[start:] + suffix.split("\n"):
+        if line.strip():
+            n = len(line) - len(line.lstrip(" "))
+            if n < indent:
+                levels.add(n)
+    header = "".join(" " * n + "if 1:\n" for n in sorted(levels))
+    return header + "\n".join(lines[start:])
+
+
 def syntax_check(text: str, ctx: Context) -> tuple[str, str | None]:
     """Python: keep the longest cut of the suggestion that adds no syntax error to prefix + suffix.
 
@@ -41,6 +73,8 @@ def syntax_check(text: str, ctx: Context) -> tuple[str, str | None]:
     p0 = _top_level_start(ctx.prefix)
     prefix = ctx.prefix[p0:]
     suffix = ctx.suffix[:_top_level_end(ctx.suffix[:_SUFFIX_WINDOW])]
+    if p0 == 0:
+        prefix = _enclose(prefix, suffix)
     base = _python_error(prefix + suffix)
     P = len(prefix)
 
