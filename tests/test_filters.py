@@ -200,3 +200,16 @@ def test_syntax_rule_sees_errors_in_a_window_that_starts_inside_a_block():
     assert syntax_check("z = 2\n  w = 3", ctx) == ("z = 2", "syntax")
     # a sound statement still passes
     assert syntax_check("y = y + 1", ctx) == ("y = y + 1", None)
+
+
+def test_syntax_rule_window_starting_inside_a_docstring():
+    """A prefix window whose first lines are the inside of a docstring: the rule starts its parse
+    at a later statement, so an opener with no block is still caught."""
+    from ghost_lsp.completion.filters.syntax import syntax_check
+    from ghost_lsp.types import Context
+
+    prefix = ("    the inner function's signature exactly, allowing seamless usage\n"
+              "    of the wrapper.\n    \"\"\"\n    x = 1\n    for arg in args:\n        ")
+    ctx = Context(prefix=prefix, suffix="\n        total += arg\n    return total\n", path="a.py", language="python")
+    assert syntax_check("if not isinstance(arg, str):", ctx) == ("", "syntax")
+    assert syntax_check("total = arg", ctx) == ("total = arg", None)

@@ -62,6 +62,38 @@ def _enclose(prefix: str, suffix: str) -> str:
     return header + "\n".join(lines[start:])
 
 
+def _window_starts(prefix: str):
+    """Where the prefix window may start: its first top-level line, then each statement-like line."""
+    p0 = _top_level_start(prefix)
+    yield p0
+    pos = 0
+    for line in prefix.split("\n"):
+        body = line.strip()
+        if body and body[0] not in ")]}#" and not _CLAUSE.match(body) and pos != p0:
+            yield pos
+        pos += len(line) + 1
+
+
+def _parsable_window(prefix: str, suffix: str, tries: int = 8) -> tuple[str, int | None]:
+    """(prefix region, first syntax error of region + suffix) for the region that parses past its
+    own end. A window can begin inside a multi-line string (a docstring, a template) or deep in a
+    block; parsed from there it fails at once, and that first error hid every later one. The
+    first of a few candidate starts whose error, if any, lies after the prefix is taken."""
+    first = None
+    for n, start in enumerate(_window_starts(prefix)):
+        if n >= tries:
+            break
+        region = prefix[start:]
+        if start == 0 or region[:1] in (" ", "\t"):
+            region = _enclose(region, suffix)
+        err = _python_error(region + suffix)
+        if first is None:
+            first = (region, err)
+        if err is None or err >= len(region):
+            return region, err
+    return first if first is not None else (prefix, _python_error(prefix + suffix))
+
+
 def syntax_check(text: str, ctx: Context) -> tuple[str, str | None]:
     """Python: keep the longest cut of the suggestion that adds no syntax error to prefix + suffix.
 
@@ -70,12 +102,8 @@ def syntax_check(text: str, ctx: Context) -> tuple[str, str | None]:
     """
     if ctx.language != "python" or not text.strip():
         return text, None
-    p0 = _top_level_start(ctx.prefix)
-    prefix = ctx.prefix[p0:]
     suffix = ctx.suffix[:_top_level_end(ctx.suffix[:_SUFFIX_WINDOW])]
-    if p0 == 0:
-        prefix = _enclose(prefix, suffix)
-    base = _python_error(prefix + suffix)
+    prefix, base = _parsable_window(ctx.prefix, suffix)
     P = len(prefix)
 
     def adds_error(k: int) -> bool:
