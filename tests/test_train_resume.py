@@ -126,3 +126,42 @@ def test_loss_plot_draws_each_run(tmp_path):
     assert len(read_log(tmp_path / "a")) == 3  # the cut last line of an interrupted run is skipped
     out = plot_runs({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "loss.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_packaged_model_carries_a_resumable_checkpoint(tmp_path):
+    """model package ships checkpoint/ (bf16 weights, pre-decay weights, train state, hashes in the
+    manifest); finetune finds it, and `--resume` continues from it on a machine with no runs/."""
+    pytest.importorskip("torch")
+    import shutil
+
+    from ghost_lsp.engine.manifest import Manifest
+    from ghost_lsp.tools.finetune import parent_checkpoint
+    from ghost_lsp.tools.modelkit import recipe as rmod
+    from ghost_lsp.tools.modelkit.checkpoint import sha256_of
+
+    corpus, tok = _corpus(tmp_path)
+    work = tmp_path / "work"
+    shutil.copytree(corpus, work / "corpus")
+    shutil.copytree(tok.parent, work / "tokenizer")
+    (work / "corpus" / "corpus.json").write_text(json.dumps({"packages": [], "totals": {}}))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "toy"\n[base]\nimpl = "compact"\nschedule = "wsd"\ndecay_frac = 0.3\nhidden_size = 32\n'
+                      'num_layers = 1\nnum_heads = 2\nnum_kv_heads = 2\nintermediate_size = 64\ncontext_length = 64\n'
+                      'batch_size = 4\nmax_steps = 20\nwarmup_steps = 3\neval_every = 10\neval_windows = 4\nbf16 = false\n'
+                      'threads = 1\nlr = 1e-2\nmin_lr = 1e-3\n[export]\nsource = "base"\nquantize = "int8"\n'
+                      'min_agreement = 0.5\nprompt_family = "plain"\n')
+    r = rmod.Recipe(recipe, work=str(work), out=str(tmp_path / "model"))
+    rmod.stage_train(r, "base")
+    rmod.stage_package(r)
+    ck = tmp_path / "model" / "checkpoint"
+    man = Manifest.load(tmp_path / "model")
+    assert man.info["source"]["hf_dir"] == "checkpoint"
+    assert man.info["checkpoint"]["sha256"]["stable.safetensors"] == sha256_of(ck / "stable.safetensors")
+    assert parent_checkpoint(tmp_path / "model") == ck.resolve()
+    assert [run["resumed"] for run in man.info["runs"]] == [False]
+
+    shutil.rmtree(work / "base")  # a fresh clone: no runs/, only the model folder
+    assert rmod.resume_source(r) == ck
+    summary = rmod.stage_train(r, "base", resume=True)
+    assert [run["resumed"] for run in summary["runs"]] == [False, True]
+    assert summary["cumulative_tokens"] > summary["tokens_seen"]
