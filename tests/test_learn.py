@@ -215,6 +215,19 @@ def test_learn_installs_a_better_model_and_continues_from_it(base_model, xdg, tm
     else:
         assert "kept the installed learned model" in out and (dest / "manifest.json").read_bytes() == before
 
+    # a new base model (another manifest): the learned model keeps serving until a run on the new
+    # base beats it, and that run starts from the new base, not from weights of the old one
+    new_base = tmp_path / "new-base"
+    shutil.copytree(base_model, new_base)
+    man = Manifest.load(new_base)
+    man.name = "tiny-llama-v2"
+    man.save(new_base)
+    rc, out, err = run_learn(root, "--model", new_base, "--config", config, *fast(5))
+    assert rc == 0, err
+    assert "learned from another base model; starting from the base" in err
+    assert Manifest.load(dest).info["learn"]["parent"]["name"] == ("tiny-llama-v2" if "installed" in out
+                                                                  else "tiny-llama")
+
 
 def _noisy_train(monkeypatch):
     """The trainer, then its weights wrecked: an adaptation worse than the base."""

@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,7 +224,8 @@ def learn(root: str | Path, base_model: str | Path, out: str | Path, *, minutes:
                 info[f"parent_{k}"] = parent.info[k]
         log("learn: exporting and validating the adapted model")
         try:
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporters' tracer warnings say nothing to a user
                 report = export_onnx(tmp / "hf", tmp / "model", quantize="int8" if parent.quantization != "none"
                                      else None, tokenizer_json=tokenizer_json, min_agreement=min_agreement,
                                      manifest_fields={"name": f"{parent.name}-learned", "family": parent.family,
