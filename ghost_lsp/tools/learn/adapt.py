@@ -122,6 +122,14 @@ def _context(hf_dir: Path, train_tokens: int) -> int:
     return max(16, min(ctx, train_tokens - 2))
 
 
+def _impl(hf_dir: Path) -> str:
+    """The trainer's compact Llama (same weights, faster step) where it fits: a Llama with tied
+    embeddings, as ghost-lsp trains them; else Hugging Face's model."""
+    cfg = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    tied = cfg.get("tie_word_embeddings", True)
+    return "compact" if cfg.get("model_type") == "llama" and tied else "hf"
+
+
 def install(src: Path, dest: Path) -> None:
     """Put the finished folder `src` at `dest` by renames on one filesystem: a reader sees the
     old folder or the new one, never a half-written one (at worst, for an instant, none)."""
@@ -180,7 +188,7 @@ def learn(root: str | Path, base_model: str | Path, out: str | Path, *, minutes:
         windows = eval_windows(held_tokens, context)
         log(f"learn: {len(data.train)} files ({len(train_tokens)} tokens) to train on, {len(data.heldout)} held out "
             f"({len(held_tokens)} tokens); starting from {'the learned model' if prev else 'the base model'}")
-        cfg = TrainConfig(name="learn", init_from=str(start_hf), impl="hf", threads=1, time_budget_min=minutes,
+        cfg = TrainConfig(name="learn", init_from=str(start_hf), impl=_impl(start_hf), threads=1, time_budget_min=minutes,
                           max_steps=max_steps, lr=lr, min_lr=lr / 10, warmup_steps=10, weight_decay=0.0,
                           batch_size=batch_size, context_length=context, fim_rate=0.5 if parent.fim else 0.0,
                           eval_every=10 ** 9, eval_windows=8, checkpoint_min=10.0 ** 6, seed=len(prev_runs(prev)))
