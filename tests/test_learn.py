@@ -202,7 +202,7 @@ def test_learn_installs_a_better_model_and_continues_from_it(base_model, xdg, tm
     assert man.info["source"]["hf_dir"] == "checkpoint" and (dest / "checkpoint" / "config.json").is_file()
     assert man.info["validation"]["fp32_ok"] and man.quantization == "int8-dynamic"
     assert OnnxEngine(dest).generate("def add(a, b):\n    ", SamplingParams(max_new_tokens=4)).token_ids
-    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+    assert not [p for p in dest.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]  # none left
 
     # a second run continues from the installed learned model, and replaces it only if better
     before = (dest / "manifest.json").read_bytes()
@@ -256,7 +256,7 @@ def test_a_worse_adaptation_installs_nothing(base_model, xdg, tmp_path, monkeypa
     assert rc == 0, err
     assert "kept the base model: the adapted model does not beat the base model" in out
     assert not learned_dir(root).exists()
-    assert not any(learned_dir(root).parent.iterdir())  # no temp folder left behind
+    assert not [p for p in learned_dir(root).parent.iterdir() if p.is_dir()]  # no temp folder left behind
 
 
 def test_failures_install_nothing_and_keep_what_serves(base_model, xdg, tmp_path, monkeypatch):
@@ -277,8 +277,14 @@ def test_failures_install_nothing_and_keep_what_serves(base_model, xdg, tmp_path
     monkeypatch.setattr(train_mod, "train", boom)
     rc, out, err = run_learn(root, "--model", base_model, *FAST)
     assert rc == 1 and "out of memory" in err and "nothing installed" in err
+    # a second learn while one runs for the same project
+    from ghost_lsp.tools.learn.adapt import exclusive
+
+    with exclusive(dest):
+        rc, out, err = run_learn(root, "--model", base_model, *FAST)
+    assert rc == 1 and "another `ghost-lsp learn` is writing" in err
     assert {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()} == snapshot
-    assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]
+    assert sorted(p.name for p in dest.parent.iterdir() if not p.name.endswith(".lock")) == [dest.name]
 
 
 def test_bad_input_is_one_clear_line(base_model, xdg, tmp_path):
@@ -298,7 +304,8 @@ def test_bad_input_is_one_clear_line(base_model, xdg, tmp_path):
     shutil.copytree(base_model, bare, ignore=shutil.ignore_patterns("checkpoint"))
     rc, out, err = run_learn(proj, "--model", bare, *FAST)
     assert rc == 1 and "carries no PyTorch checkpoint" in err
-    assert not (xdg / "ghost-lsp" / "learned").exists() or not any((xdg / "ghost-lsp" / "learned").iterdir())
+    learned = xdg / "ghost-lsp" / "learned"
+    assert not learned.exists() or not [p for p in learned.iterdir() if p.is_dir()]
 
 
 def test_ctrl_c_stops_cleanly(base_model, tmp_path):
@@ -324,4 +331,4 @@ def test_ctrl_c_stops_cleanly(base_model, tmp_path):
     assert "stopping; measuring what was learnt so far" in err
     assert out.startswith("ghost-lsp learn: installed") or "ghost-lsp learn: kept the base model" in out, out
     learned = tmp_path / "xdg" / "ghost-lsp" / "learned"
-    assert all(not p.name.startswith(".") for p in learned.iterdir())
+    assert not [p for p in learned.iterdir() if ".tmp-" in p.name or ".old-" in p.name]

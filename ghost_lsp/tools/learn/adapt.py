@@ -130,6 +130,27 @@ def _impl(hf_dir: Path) -> str:
     return "compact" if cfg.get("model_type") == "llama" and tied else "hf"
 
 
+@contextlib.contextmanager
+def exclusive(out: Path):
+    """One `learn` at a time per destination (say, an idle run and one by hand): a lock file
+    beside it, held with flock (released by the OS if the process dies). No-op without fcntl."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(out.with_name(f".{out.name}.lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise LearnError(f"another `ghost-lsp learn` is writing {out}; try again when it is done") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def install(src: Path, dest: Path) -> None:
     """Put the finished folder `src` at `dest` by renames on one filesystem: a reader sees the
     old folder or the new one, never a half-written one (at worst, for an instant, none)."""

@@ -55,7 +55,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         print(NEEDS_TRAIN, file=sys.stderr)
         return 2
     from ghost_lsp.settings.core import default_model_dir, from_dict, learned_dir, load_file
-    from ghost_lsp.tools.learn.adapt import LearnError, learn
+    from ghost_lsp.tools.learn.adapt import LearnError, exclusive, learn
 
     data, warnings = load_file(args.config) if args.config else ({}, [])
     settings, more = from_dict(data)
@@ -78,9 +78,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     try:
-        result = learn(root, base, out, minutes=args.minutes, max_steps=args.steps, exclude=settings.exclude,
-                       lr=args.lr, min_agreement=args.min_agreement, progress=not args.no_progress,
-                       stop=lambda: interrupts["n"] > 0)
+        with exclusive(out):
+            result = learn(root, base, out, minutes=args.minutes, max_steps=args.steps, exclude=settings.exclude,
+                           lr=args.lr, min_agreement=args.min_agreement, progress=not args.no_progress,
+                           stop=lambda: interrupts["n"] > 0)
     except LearnError as e:
         print(f"ghost-lsp learn: {e}", file=sys.stderr)
         return 1
