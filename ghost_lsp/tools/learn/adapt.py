@@ -151,6 +151,27 @@ def exclusive(out: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class _bar:
+    """tqdm on stderr over the training budget: seconds of `minutes`, or `max_steps` steps."""
+
+    def __init__(self, minutes: float, max_steps: int):
+        from tqdm import tqdm
+
+        self.steps, self.t0 = max_steps, time.monotonic()
+        self.bar = tqdm(total=max_steps or round(minutes * 60), unit="step" if max_steps else "s", desc="learn",
+                        file=sys.stderr, mininterval=1.0, leave=True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} " + ("steps" if max_steps else "s")
+                        + " [{elapsed}<{remaining}]")
+
+    def tick(self) -> None:
+        done = self.bar.n + 1 if self.steps else min(self.bar.total, int(time.monotonic() - self.t0))
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def install(src: Path, dest: Path) -> None:
     """Put the finished folder `src` at `dest` by renames on one filesystem: a reader sees the
     old folder or the new one, never a half-written one (at worst, for an instant, none)."""
@@ -214,15 +235,22 @@ def learn(root: str | Path, base_model: str | Path, out: str | Path, *, minutes:
                           batch_size=batch_size, context_length=context, fim_rate=0.5 if parent.fim else 0.0,
                           eval_every=10 ** 9, eval_windows=8, checkpoint_min=10.0 ** 6, seed=len(prev_runs(prev)))
         stopped = {"early": False}
+        bar = _bar(minutes, max_steps) if progress else None
 
-        def should_stop() -> bool:
+        def should_stop() -> bool:  # the trainer asks before each step
+            if bar is not None:
+                bar.tick()
             if stop is not None and stop():
                 stopped["early"] = True
                 return True
             return False
 
-        with contextlib.redirect_stdout(sys.stderr):
-            summary = train(cfg, tmp / "corpus", tokenizer_json, tmp / "hf", progress=progress, stop=should_stop)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                summary = train(cfg, tmp / "corpus", tokenizer_json, tmp / "hf", progress=False, stop=should_stop)
+        finally:
+            if bar is not None:
+                bar.close()
         shutil.copyfile(tokenizer_json, tmp / "hf" / "tokenizer.json")
         losses = {"base": heldout_loss(base_hf, windows)}
         if prev_hf is not None:

@@ -54,6 +54,12 @@ def cmd_learn(args: argparse.Namespace) -> int:
     except ImportError:
         print(NEEDS_TRAIN, file=sys.stderr)
         return 2
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    logging.basicConfig(level=logging.ERROR)  # the exporters' and quantizer's advice is not for the user
+    hf_logging.set_verbosity_error()
     from ghost_lsp.settings.core import default_model_dir, from_dict, learned_dir, load_file
     from ghost_lsp.tools.learn.adapt import LearnError, exclusive, learn
 
