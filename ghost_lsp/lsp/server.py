@@ -197,9 +197,8 @@ class GhostServer(LearnedModel, FramedIO, LanguageServer):
         self.completer.engine, self.served = engine, folder
         self._loads += 1
         self.watch.mark(folder)
-        if learned:
-            self.tell(f"serving {engine.model_id}, the model learned from this workspace ({folder})",
-                      types.MessageType.Info)
+        if learned:  # said in the log only: a message at every start would be noise (ghost/health says it)
+            log.info("serving %s, the model learned from this workspace (%s)", engine.model_id, folder)
 
     def load_engine_at(self, folder):
         return _load_engine(folder, self.settings)
