@@ -240,7 +240,7 @@ def ship_checkpoint(run_dir: Path, model_dir: Path) -> None:
     sha256 of each file, so a corrupt checkpoint is refused."""
     from safetensors.torch import load_file
 
-    from ghost_lsp.manifest import Manifest
+    from ghost_lsp.engine.manifest import Manifest
     from ghost_lsp.tools.modelkit.checkpoint import save_weights, sha256_of
 
     ck = model_dir / "checkpoint"
