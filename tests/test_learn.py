@@ -123,15 +123,20 @@ def test_without_torch_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
 
 @pytest.fixture(scope="module")
 def base_model(tiny_model_dir, tiny_hf_llama, tmp_path_factory) -> Path:
-    from ghost_lsp.engine.manifest import Manifest
+    """The tiny model folder with its checkpoint shipped as `ghost-lsp model build` ships the
+    default model's (modelkit.recipe.ship_checkpoint: bf16, tied head dropped, checkpoint/)."""
+    from ghost_lsp.tools.modelkit.checkpoint import source_checkpoint
+    from ghost_lsp.tools.modelkit.recipe import ship_checkpoint
 
     pytest.importorskip("torch")
-    out = tmp_path_factory.mktemp("learn-base") / "tiny"
+    work = tmp_path_factory.mktemp("learn-base")
+    run = work / "run"
+    shutil.copytree(tiny_hf_llama, run)
+    (run / "train_state.json").write_text('{"runs": []}')
+    out = work / "tiny"
     shutil.copytree(tiny_model_dir, out)
-    shutil.copytree(tiny_hf_llama, out / "checkpoint")
-    man = Manifest.load(out)
-    man.info["source"] = {**man.info.get("source", {}), "hf_dir": "checkpoint"}
-    man.save(out)
+    ship_checkpoint(run, out)
+    assert source_checkpoint(out) == (out / "checkpoint").resolve()
     return out
 
 
