@@ -22,7 +22,7 @@ from ghost_lsp.tools.modelkit.tiny import TINY_CORPUS
 AWS = "AKIAIOSFODNN7EXAMPLE"
 PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq\nq8sW9a\n-----END RSA PRIVATE KEY-----\n"
 MARKERS = ("GITIGNORED_MARKER", "NESTED_GITIGNORE_MARKER", "GHOSTIGNORED_MARKER", "EXCLUDED_MARKER",
-           "DOTENV_MARKER", "OUTSIDE_MARKER", "SECRETS_DIR_MARKER", AWS, "BEGIN RSA", "MIIEowIBAAKCAQEA7bq")
+           "DOTENV_MARKER", "OUTSIDE_MARKER", "CLI_EXCLUDE_MARKER", "SECRETS_DIR_MARKER", AWS, "BEGIN RSA", "MIIEowIBAAKCAQEA7bq")
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -46,6 +46,7 @@ def plant(root: Path, outside: Path) -> Path:
     write(root / ".ghostignore", "# private\nprivate/**\n")
     write(root / "private" / "notes.py", "x = 'GHOSTIGNORED_MARKER'\n")
     write(root / "pkg" / "vendor_lib.py", "x = 'EXCLUDED_MARKER'\n")  # the --config exclude glob
+    write(root / "customer_data" / "rows.py", "x = 'CLI_EXCLUDE_MARKER'\n")  # an --exclude glob
     write(root / ".env.py", "x = 'DOTENV_MARKER'\n")  # a default exclude glob (.env*)
     write(root / "secrets" / "db.py", "x = 'SECRETS_DIR_MARKER'\n")  # **/secrets/**
     write(root / "pkg" / "blob.py", b"\x00\x01\x02binary" * 10)
@@ -59,7 +60,7 @@ def plant(root: Path, outside: Path) -> Path:
     return root
 
 
-EXCLUDE = tuple(Settings().exclude) + ("**/vendor_*.py",)
+EXCLUDE = tuple(Settings().exclude) + ("**/vendor_*.py", "**/customer_data/**")
 
 
 def test_exclusions_and_secrets_never_reach_the_training_data(tmp_path):
@@ -189,7 +190,8 @@ def test_learn_installs_a_better_model_and_continues_from_it(base_model, xdg, tm
 
     root = plant(tmp_path / "proj", tmp_path / "outside")
     config = write(tmp_path / "ghost.toml", 'exclude = ["**/vendor_*.py", ".env*", "**/secrets/**"]\n')
-    rc, out, err = run_learn(root, "--model", base_model, "--config", config, *FAST)
+    rc, out, err = run_learn(root, "--model", base_model, "--config", config, "--exclude", "**/customer_data/**",
+                             *FAST)
     assert rc == 0, err
     dest = learned_dir(root)
     assert out.startswith(f"ghost-lsp learn: installed {dest}")
@@ -211,7 +213,8 @@ def test_learn_installs_a_better_model_and_continues_from_it(base_model, xdg, tm
 
     # a second run continues from the installed learned model, and replaces it only if better
     before = (dest / "manifest.json").read_bytes()
-    rc, out, err = run_learn(root, "--model", base_model, "--config", config, *fast(5, "1e-4"))
+    rc, out, err = run_learn(root, "--model", base_model, "--config", config, "--exclude", "**/customer_data/**",
+                             *fast(5, "1e-4"))
     assert rc == 0, err
     assert "starting from the learned model" in err
     runs = Manifest.load(dest).info["learn"]["runs"]
@@ -227,11 +230,14 @@ def test_learn_installs_a_better_model_and_continues_from_it(base_model, xdg, tm
     man = Manifest.load(new_base)
     man.name = "tiny-llama-v2"
     man.save(new_base)
-    rc, out, err = run_learn(root, "--model", new_base, "--config", config, *fast(5))
+    rc, out, err = run_learn(root, "--model", new_base, "--config", config, "--exclude", "**/customer_data/**",
+                             *fast(5))
     assert rc == 0, err
     assert "learned from another base model; starting from the base" in err
     assert Manifest.load(dest).info["learn"]["parent"]["name"] == ("tiny-llama-v2" if "installed" in out
                                                                   else "tiny-llama")
+    seen = "\n".join(corpus_seen)  # all three runs
+    assert not [marker for marker in MARKERS if marker in seen]
 
 
 def _noisy_train(monkeypatch):

@@ -74,12 +74,13 @@ def test_idle_learning_runs_learn_as_its_own_process(tmp_path, monkeypatch):
             return None  # still running
 
     monkeypatch.setattr(learned.subprocess, "Popen", FakePopen)
-    s = Settings(learn="idle", learn_idle_minutes=1)
+    s = Settings(learn="idle", learn_idle_minutes=1, exclude=("**/customer_data/**", "*.key"))
     idle = IdleLearner()
     idle.typed()
     idle.start(s, str(tmp_path))
     (cmd, kw), = started
-    assert cmd[1:] == ["-m", "ghost_lsp.cli", "learn", str(tmp_path), "--no-progress"]
+    assert cmd[1:] == ["-m", "ghost_lsp.cli", "learn", str(tmp_path), "--no-progress",
+                       "--exclude", "**/customer_data/**", "--exclude", "*.key"]  # the editor's globs go along
     assert kw["start_new_session"] and kw["stdin"] is learned.subprocess.DEVNULL
     idle.typed()
     assert not idle.due(s, str(tmp_path), now=idle.last_typed + 10_000)  # one run at a time

@@ -95,6 +95,8 @@ class IdleLearner:
         logs = data_dir() / "learned"
         logs.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "ghost_lsp.cli", "learn", root, "--no-progress"]
+        for glob in s.exclude:  # the editor's exclude globs (a client may send its own), not only the defaults
+            cmd += ["--exclude", glob]
         with open(logs / f"{project_key(root)}.log", "ab") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                          start_new_session=True)

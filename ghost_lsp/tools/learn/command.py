@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", metavar="BASE_DIR",
                    help="the model to start from (default: $GHOST_LSP_MODEL or the shipped model)")
     p.add_argument("--config", metavar="FILE", help="settings file: its `exclude` globs apply (with .ghostignore)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="one more glob to keep out (repeatable; added to the settings' exclude and .ghostignore)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
     p.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: a step count, not minutes
     p.add_argument("--min-agreement", type=float, default=0.9, help=argparse.SUPPRESS)
@@ -85,7 +87,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     try:
         with exclusive(out):
-            result = learn(root, base, out, minutes=args.minutes, max_steps=args.steps, exclude=settings.exclude,
+            result = learn(root, base, out, minutes=args.minutes, max_steps=args.steps, exclude=tuple(settings.exclude) + tuple(args.exclude),
                            lr=args.lr, min_agreement=args.min_agreement, progress=not args.no_progress,
                            stop=lambda: interrupts["n"] > 0)
     except LearnError as e:
