@@ -192,8 +192,9 @@ class GhostServer(LearnedModel, FramedIO, LanguageServer):
         if self._load_failed_at is not None:
             log.warning("model loaded from %s after an earlier failure", folder)
             self._load_failed_at = None
-        if folder != self.serving_folder()[0]:
-            return  # settings moved on to another model while this one loaded
+        if self._load_task is not asyncio.current_task():
+            return  # settings moved on to another model while this one loaded: that load serves
+        # (a learned model that appeared meanwhile is swapped in by the next request's check)
         self.completer.engine, self.served = engine, folder
         self._loads += 1
         self.watch.mark(folder)
