@@ -60,6 +60,15 @@ def plant(root: Path, outside: Path) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _keep_this_process_priority(monkeypatch):
+    """In-process runs skip os.nice and the one-thread environment (they would last for the rest
+    of the test session); the Ctrl-C test runs the real command in its own process."""
+    import ghost_lsp.tools.learn.command as command
+
+    monkeypatch.setattr(command, "_low_priority", lambda: None)
+
+
 EXCLUDE = tuple(Settings().exclude) + ("**/vendor_*.py", "**/customer_data/**")
 
 
