@@ -341,6 +341,7 @@ def test_ctrl_c_stops_cleanly(base_model, tmp_path):
             lines.append(line)
             if "to train on" in line or time.monotonic() > deadline:
                 break
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) >= min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
         time.sleep(2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
