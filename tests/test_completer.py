@@ -57,6 +57,18 @@ async def test_completion_has_id_timings_and_model():
     assert deadline > time.monotonic()
 
 
+async def test_excluded_open_documents_never_reach_the_prompt():
+    engine = FakeEngine()
+    docs = {"/p/.env": "total = add(1, 2)\nadd_token = 'ENV_MARKER'\n",
+            "/p/secrets/keys.py": "def add_key(a, b):\n    total = add(a, b)\n    return 'SECRETS_MARKER'\n",
+            "/p/other.py": "def add_all(a, b):\n    total = add(a, b)\n    return 'OPEN_MARKER'\n"}
+    s = Settings(debounce_ms=0, context_providers=("open_files",))
+    await Completer(engine, s).complete(REQ, TEXT, docs)
+    (prompt, _, _), = engine.calls
+    assert "OPEN_MARKER" in prompt  # an open file does give a snippet
+    assert "ENV_MARKER" not in prompt and "SECRETS_MARKER" not in prompt
+
+
 async def test_ids_are_unique():
     completer = Completer(FakeEngine(), FAST)
     a = await completer.complete(REQ, TEXT)

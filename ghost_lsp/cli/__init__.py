@@ -27,7 +27,7 @@ def build_parser(tool: str | None = None) -> tuple[argparse.ArgumentParser, list
     serve.add_parser(sub, model_help)
     complete.add_parser(sub, model_help)
     feedback.add_parsers(sub)  # stats, export
-    for name in ("finetune", "finetune-bench", "sessions"):
+    for name in ("learn", "finetune", "finetune-bench", "sessions"):
         tool_(name)
     prompt.add_prompt_parser(sub, model_help)
     tool_("eval")

@@ -18,6 +18,8 @@ REGISTRY = "ghost_lsp.tools.commands"  # add_parser(sub, name) -> what could not
 TOOLS = {
     "finetune": "fine-tune a model folder on a feedback export into a new model folder "
                 "(needs the [train] extra)",
+    "learn": "fine-tune the model on a project's code (held-out check, installed per project for the "
+             "server; needs the [train] extra)",
     "finetune-bench": "simulate a user's sessions on a project, fine-tune on the log, and "
                       "compare next-line accuracy on held-out files before/after",
     "sessions": "replay scripted editing sessions through the feedback inference "

@@ -120,6 +120,8 @@ class Completer:
         self.last_kept = []
         if engine is None or not s.enabled or "\x00" in text or is_excluded(req.path, s.exclude):
             return None
+        if open_docs:  # an excluded file open in the editor gives the model no snippet, no n-gram either
+            open_docs = {p: t for p, t in open_docs.items() if not is_excluded(p, s.exclude)}
         # A newer request makes older ones for the document stale: stop a running one now,
         # wake a waiting one so it returns at once (coalescing a burst into one inference).
         self._seq += 1

@@ -32,7 +32,8 @@ from ghost_lsp.feedback import FeedbackStore
 from ghost_lsp.feedback.session import FeedbackLoop
 from ghost_lsp.lsp.framing import FramedIO, Oversize
 from ghost_lsp.settings.layers import effective_settings
-from ghost_lsp.settings.core import Settings, db_path, from_dict, model_dir, section_of_change
+from ghost_lsp.settings.core import Settings, db_path, from_dict, section_of_change
+from ghost_lsp.lsp.learned import LearnedModel
 from ghost_lsp.languages import language_for_path
 from ghost_lsp.positions import lines_of
 from ghost_lsp.types import Completion, CompletionRequest
@@ -79,7 +80,7 @@ class GhostProtocol(LanguageServerProtocol):
             raise
 
 
-class GhostServer(FramedIO, LanguageServer):
+class GhostServer(LearnedModel, FramedIO, LanguageServer):
     """Holds the long-lived pieces: settings, engine (loaded lazily), feedback store, completer.
     Reads messages through framing.py (size limit, resynchronisation)."""
 
@@ -98,6 +99,7 @@ class GhostServer(FramedIO, LanguageServer):
         self._load_task: asyncio.Future | None = None
         self._load_failed_at: float | None = None  # a failed load is retried after MODEL_RETRY_S
         self._reported: set[str] = set()
+        self.init_learned()
 
     # -- messages to the user ---------------------------------------------------------
 
@@ -152,8 +154,8 @@ class GhostServer(FramedIO, LanguageServer):
         if (old.db, old.feedback) != (s.db, s.feedback):
             self.open_store()
         remote = ("remote_url", "remote_token", "remote_timeout_ms", "remote_model", "remote_fallback")
-        if (model_dir(old) != model_dir(s) or any(getattr(old, k) != getattr(s, k) for k in remote)) \
-                and self._load_task is not None:
+        if (self.serving_folder(old)[0] != self.serving_folder(s)[0]
+                or any(getattr(old, k) != getattr(s, k) for k in remote)) and self._load_task is not None:
             self._load_task = None
             self.start_loading()
 
@@ -172,24 +174,35 @@ class GhostServer(FramedIO, LanguageServer):
 
     def start_loading(self) -> asyncio.Future:
         if self._load_task is None:
-            self._load_task = asyncio.ensure_future(self._load(model_dir(self.settings)))
+            self._load_task = asyncio.ensure_future(self._load(self.serving_folder()[0]))
         return self._load_task
 
     async def _load(self, folder) -> None:
         self.completer.engine = None
+        learned = folder == self.serving_folder()[0] and self.serving_folder()[1]
         try:
             engine = await asyncio.to_thread(_load_engine, folder, self.settings)
         except Exception as e:
             cause = str(e) if str(folder) in str(e) else f"{folder}: {e}"
+            if learned and await self.serve_base_instead(folder, cause):
+                return
             self.tell(f"model not loaded: {cause}. No suggestions until this is fixed.", types.MessageType.Error)
             self._load_failed_at = time.monotonic()
             return
         if self._load_failed_at is not None:
             log.warning("model loaded from %s after an earlier failure", folder)
             self._load_failed_at = None
-        if folder != model_dir(self.settings):
-            return  # settings moved on to another model while this one loaded
-        self.completer.engine = engine
+        if self._load_task is not asyncio.current_task():
+            return  # settings moved on to another model while this one loaded: that load serves
+        # (a learned model that appeared meanwhile is swapped in by the next request's check)
+        self.completer.engine, self.served = engine, folder
+        self._loads += 1
+        self.watch.mark(folder)
+        if learned:  # said in the log only: a message at every start would be noise (ghost/health says it)
+            log.info("serving %s, the model learned from this workspace (%s)", engine.model_id, folder)
+
+    def load_engine_at(self, folder):
+        return _load_engine(folder, self.settings)
 
     async def engine_ready(self) -> bool:
         failed = self._load_failed_at
@@ -198,6 +211,7 @@ class GhostServer(FramedIO, LanguageServer):
             self._load_task = None  # the file may be fixed by now: try again (quietly if not)
         # shield: a cancelled request must not cancel the shared load
         await asyncio.shield(self.start_loading())
+        self.check_learned()
         return self.completer.engine is not None
 
     # -- the project index (context/index.py) --------------------------------------------
@@ -248,10 +262,20 @@ class GhostServer(FramedIO, LanguageServer):
             return None
 
     async def close(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
         self.feedback.stop()
         self.completer.close()
         if self.store is not None:
             await asyncio.to_thread(self.store.close, 2)
+
+
+def _model_status(ls: GhostServer) -> dict:
+    """Which model answers: its id, its folder, whether it is the workspace's learned model."""
+    engine, folder = ls.completer.engine, ls.served
+    return {"model": engine.model_id if engine is not None else None,
+            "model_dir": str(folder) if folder is not None else None,
+            "learned_model": folder is not None and ls.serving_folder() == (folder, True)}
 
 
 def _rss_kb() -> int:
@@ -388,6 +412,7 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
         ls.start_loading()  # in a thread; requests wait for it
         ls.feedback.start()
         ls.start_index()
+        ls._idle_task = asyncio.ensure_future(ls.idle_learning())
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
     async def on_save(ls: GhostServer, params: types.DidSaveTextDocumentParams):
@@ -465,6 +490,7 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: GhostServer, params: types.DidChangeTextDocumentParams):
         doc = _document(ls, params.text_document.uri)  # pygls has applied the change already
+        ls.idle_learner.typed()
         if doc is not None:
             ls.feedback.changed(unquote(params.text_document.uri), doc.source)
 
@@ -477,7 +503,7 @@ def create_server(base: Settings | None = None, warnings: list[str] | None = Non
         """Counts to watch for leaks (tests/reliability): tasks, threads, memory, open documents."""
         return {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(), "rss_kb": _rss_kb(),
                 "documents": len(ls.workspace.text_documents), "running": len(ls.completer._running),
-                "model_loaded": ls.completer.engine is not None}
+                "model_loaded": ls.completer.engine is not None, **_model_status(ls)}
 
     @server.feature(types.SHUTDOWN)
     async def on_shutdown(ls: GhostServer, *args):

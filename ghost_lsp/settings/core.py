@@ -23,6 +23,7 @@ from ghost_lsp.paths import SHIPPED_MODEL
 SECTION = "ghost"
 MULTILINE_MODES = ("auto", "always", "never")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LEARN_MODES = ("off", "idle")
 
 DEFAULT_EXCLUDE = (
     "**/.env",
@@ -104,6 +105,13 @@ class Settings:
     # graph a call is so cheap that verifying drafts costs what it saves (decode tokens/s x0.96,
     # `ghost-lsp eval ngram`); 8 pays on optimum graphs (x1.17) and larger models.
     draft_tokens: int = 0
+    # Serve the model `ghost-lsp learn` adapted to this workspace (learned_dir(root)) when one
+    # exists and no model is named in the settings; swapped in live when it appears or changes.
+    learned_model: bool = True
+    # "idle": run `ghost-lsp learn` on the workspace (low priority) after `learn_idle_minutes`
+    # without typing, at most once per `learn_idle_minutes` × 6; "off": only when you run it.
+    learn: str = "off"
+    learn_idle_minutes: int = 10
 
 
 def _in_range(lo: float, hi: float):
@@ -150,6 +158,9 @@ _RULES: dict[str, tuple[type, Any]] = {
     "ngram_weight": (float, _in_range(0.0, 1.0)),
     "ngram_max_tokens": (int, _in_range(0, 5_000_000)),
     "draft_tokens": (int, _in_range(0, 32)),
+    "learned_model": (bool, None),
+    "learn": (str, lambda v: v in LEARN_MODES),
+    "learn_idle_minutes": (int, _in_range(1, 24 * 60)),
 }
 assert set(_RULES) == {f.name for f in fields(Settings)}
 
@@ -199,6 +210,7 @@ def _coerce(key: str, value: Any) -> Any:
             "context_providers": "a list of: open_files, project",
             "prompt_cleaner": "one of off, strip",
             "temperatures": "at most 8 numbers between 0 and 2",
+            "learn": f"one of {', '.join(LEARN_MODES)}",
         }.get(key, "a valid value")
         raise ValueError(f"expected {what}")
     if key == "log_level":
@@ -305,9 +317,28 @@ def default_model_dir() -> Path:
     return SHIPPED_MODEL
 
 
-def default_db_path() -> Path:
+def data_dir() -> Path:
+    """ghost-lsp's per-user data: $XDG_DATA_HOME/ghost-lsp (~/.local/share/ghost-lsp)."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base).expanduser() / "ghost-lsp" / "feedback.db"
+    return Path(base).expanduser() / "ghost-lsp"
+
+
+def default_db_path() -> Path:
+    return data_dir() / "feedback.db"
+
+
+def project_key(root: str | Path) -> str:
+    """A stable, path-free name for a workspace root: the first 16 hex digits of the sha256 of
+    its resolved path."""
+    import hashlib
+
+    return hashlib.sha256(str(Path(root).expanduser().resolve()).encode("utf-8")).hexdigest()[:16]
+
+
+def learned_dir(root: str | Path) -> Path:
+    """Where `ghost-lsp learn` installs the model adapted to the workspace `root`, and where the
+    server looks for it: <data dir>/learned/<project_key(root)>/ (a model folder)."""
+    return data_dir() / "learned" / project_key(root)
 
 
 def model_dir(s: Settings) -> Path:

@@ -28,6 +28,10 @@ def add_parser(sub, name: str) -> list[str]:
         from ghost_lsp.tools.finetune import add_parser as add_finetune  # imports torch only when run
 
         add_finetune(sub)
+    elif name == "learn":
+        from ghost_lsp.tools.learn.command import add_parser as add_learn  # imports torch only when run
+
+        add_learn(sub)
     elif name == "finetune-bench":
         from ghost_lsp.tools.bench.finetune import add_parser as add_finetune_bench
 

@@ -90,10 +90,22 @@ async function stop(): Promise<void> {
   }
 }
 
-function statsText(): string {
+/** Which model answers (the server's ghost/health): its id, and whether it was learned from this workspace. */
+async function serverModel(): Promise<string> {
+  if (!client?.isRunning()) return '-';
+  try {
+    const h = await client.sendRequest<{ model?: string | null; learned_model?: boolean }>('ghost/health');
+    return h?.model ? `${h.model}${h.learned_model ? ' (learned from this workspace)' : ''}` : 'not loaded';
+  } catch {
+    return '-';
+  }
+}
+
+async function statsText(): Promise<string> {
   const s = status.stats();
   const info = client?.initializeResult?.serverInfo;
   const lines = Object.entries(s).map(([k, v]) => `${k}: ${v ?? '-'}`);
+  lines.unshift(`model: ${await serverModel()}`);
   lines.unshift(`server: ${info ? `${info.name} ${info.version ?? ''}` : 'not running'} — ${serverFrom}`);
   return lines.join('\n');
 }
@@ -121,7 +133,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       await start(log);
     }),
     vscode.commands.registerCommand('ghost-lsp.showStats', async () => {
-      const text = statsText();
+      const text = await statsText();
       log.info(`stats:\n${text}`);
       log.show(true);
       void vscode.window.showInformationMessage(text.split('\n').slice(0, 4).join(' · '));

@@ -169,8 +169,10 @@ def prepare_run(cfg: TrainConfig, out_dir: str | Path, tokenizer_path: str | Pat
 
 
 def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, out_dir: str | Path,
-          progress: bool = True) -> dict:
-    """Train one model; returns a summary (also written to <out_dir>/train_summary.json)."""
+          progress: bool = True, stop=None) -> dict:
+    """Train one model; returns a summary (also written to <out_dir>/train_summary.json).
+    `stop` (a callable, optional) ends the run early when it returns true (checked each step):
+    the run then saves and returns as at the end of its budget (`ghost-lsp learn` on Ctrl-C)."""
     import torch
 
     out, tok, sp = prepare_run(cfg, out_dir, tokenizer_path)
@@ -277,7 +279,7 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
     val = float("nan")
     stable_saved = False
     model.train()
-    while progress_frac(step) < 1.0:
+    while progress_frac(step) < 1.0 and not (stop is not None and stop()):
         if cfg.schedule == "wsd" and not stable_saved and step >= cfg.warmup_steps \
                 and progress_frac(step) >= 1.0 - cfg.decay_frac:
             save_stable()

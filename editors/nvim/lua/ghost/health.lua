@@ -30,6 +30,11 @@ function M.check()
     vim.health.ok(('client %d: %s, buffers %s, suggestions %s'):format(
       c.id, c.initialized and 'initialized' or 'starting', vim.inspect(vim.tbl_keys(c.attached_buffers)),
       ghost.enabled and 'on' or 'off'))
+    local res = c.initialized and c:request_sync('ghost/health', nil, 2000) or nil
+    local h = res and res.result
+    if h and h.model ~= vim.NIL and h.model then
+      vim.health.ok(('model: %s%s'):format(h.model, h.learned_model and ' (learned from this workspace)' or ''))
+    end
   end
 end
 
