@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from ghost_lsp.paths import SHIPPED_MODEL
 from ghost_lsp.settings.core import (DEFAULT_EXCLUDE, Settings, db_path, default_db_path, from_dict,
                                 load_file, model_dir)
 
@@ -92,7 +93,7 @@ def test_paths(monkeypatch, tmp_path):
     assert model_dir(Settings()) == tmp_path / "m"
     assert model_dir(Settings(model="/opt/m")).as_posix() == "/opt/m"
     monkeypatch.delenv("GHOST_LSP_MODEL")
-    assert model_dir(Settings()).parts[-2:] == ("models", "ghost-py-small")
+    assert model_dir(Settings()) == SHIPPED_MODEL
 
 
 def test_section_of_change():

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ghost_lsp.paths import SHIPPED_MODEL
 
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "ghost-py-small"
+SHIPPED = SHIPPED_MODEL
 
 
 @pytest.fixture(scope="session")

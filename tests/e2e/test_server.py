@@ -17,6 +17,7 @@ import pytest_asyncio
 from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities
+from ghost_lsp.paths import SHIPPED_MODEL
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -48,7 +49,7 @@ EMOJI_LINE = '    label = "😀 ok 🎉" + '
 # A random-weight model (used until the shipped model is built) writes noise that the quality
 # filters rightly drop; these tests are about the LSP path, so on it those filters are off.
 # On the shipped model every filter stays on.
-_SHIPPED = Path(__file__).resolve().parents[2] / "models" / "ghost-py-small" / "manifest.json"
+_SHIPPED = SHIPPED_MODEL / "manifest.json"
 _QUALITY_OFF = {} if _SHIPPED.is_file() else {
     "filters": {"bracketBalance": False, "syntax": False, "confidence": False, "trivial": False}}
 FAST = {"debounceMs": 0, "maxNewTokens": 24, **_QUALITY_OFF}

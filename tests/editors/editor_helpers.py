@@ -6,9 +6,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from ghost_lsp.paths import SHIPPED_MODEL
+
 ROOT = Path(__file__).resolve().parents[2]
 EDITORS = ROOT / "editors"
-SHIPPED = ROOT / "models" / "ghost-py-small"
+SHIPPED = SHIPPED_MODEL
 # Short inferences, no debounce. These tests are about editors, not output quality: four
 # candidates (three sampled) and the syntax/bracket/confidence filters off, so that a
 # random-weight test model has a suggestion to show at most spots.

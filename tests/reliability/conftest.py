@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.wire import FIGURES
+from ghost_lsp.paths import SHIPPED_MODEL
 
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "ghost-py-small"
+SHIPPED = SHIPPED_MODEL
 
 
 @pytest.fixture(scope="session")
