@@ -39,7 +39,7 @@ def test_each_rule_has_enough_cases(rule):
 
 @pytest.mark.parametrize("rule,case", RULE_CASES, ids=[f"{r}: {c['name']}" for r, c in RULE_CASES])
 def test_rule_case(rule, case):
-    only = replace(ALL_OFF, **{rule: True})
+    only = replace(ALL_OFF, **{rule: True, **case.get("settings", {})})
     text, reasons = apply_filters(case["candidate"], _ctx(case), multiline=case.get("multiline", True),
                                   settings=only, candidate=_candidate(case))
     assert (text, reasons) == (case["expect"], case["reasons"])

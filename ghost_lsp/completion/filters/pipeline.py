@@ -44,7 +44,7 @@ def _rules(s: FilterSettings, multiline: bool, candidate: Candidate | None) -> l
         rules.append(("syntax", syntax_check))
     if s.confidence:
         rules.append(("confidence", lambda t, c: confidence(t, c, candidate, s.min_mean_logprob,
-                                                              s.min_token_logprob)))
+                                                              s.min_token_logprob, s.min_cum_logprob)))
     if s.trivial:
         rules.append(("trivial", lambda t, c: trivial(t, c, s.min_chars)))
     else:

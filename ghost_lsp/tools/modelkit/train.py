@@ -330,6 +330,10 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
         save_stable()
     val = eval_loss(model, windows, cfg.bf16)
     minutes = (time.monotonic() - t0) / 60
+    # the end of the run (after the decay) is the point the shipped weights stand at
+    log_f.write(json.dumps({"step": step, "elapsed_s": round(minutes * 60, 1), "tokens": tokens_seen,
+                            "cumulative_tokens": prior_tokens + tokens_seen, "val_loss": round(val, 4),
+                            "final": True}) + "\n")
     summary.update(steps=step, tokens_seen=tokens_seen, val_loss=val, train_minutes=round(minutes, 2),
                    tokens_per_s=round(tokens_seen / (minutes * 60)),
                    cumulative_tokens=prior_tokens + tokens_seen, cumulative_steps=prior_steps + step,
