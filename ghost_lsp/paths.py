@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent
 REPO = PACKAGE.parent
 PROMPTS_DIR = REPO / "prompts"
 MODELS_DIR = REPO / "models"
-SHIPPED_MODEL = MODELS_DIR / "ghost-py-small"
+SHIPPED_MODEL = MODELS_DIR / "ghost-py-base"
 # PyPI packages kept out of every training corpus, for evaluation (one name a line).
 EVAL_RESERVED = REPO / "data" / "eval-reserved.txt"
 

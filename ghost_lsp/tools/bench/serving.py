@@ -1,6 +1,6 @@
 """Load benchmark of `ghost-lsp serve-model`: batching on vs off, side by side, loopback only.
 
-    python -m ghost_lsp.tools.bench.serving --model models/ghost-py-small [--provider cuda]
+    python -m ghost_lsp.tools.bench.serving --model models/ghost-py-base [--provider cuda]
 
 Starts the real server twice (--no-batching, then batching), sends a bounded number of requests
 at 1, 4 and 16 concurrent clients, and prints one table: requests/s, generated tokens/s, p50/p95

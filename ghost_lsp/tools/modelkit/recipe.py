@@ -287,7 +287,7 @@ def add_model_parsers(subparsers) -> None:
                            ("build", "run every stage in order"),
                            ("plot", "validation loss vs training tokens of the recipe's runs (PNG)")]:
         sp = sub.add_parser(name, help=helptext)
-        sp.add_argument("recipe", help="recipe file, e.g. models/recipes/ghost-py-small.toml")
+        sp.add_argument("recipe", help="recipe file, e.g. models/recipes/ghost-py-base.toml")
         sp.add_argument("--work", help="work folder (default runs/<name>)")
         sp.add_argument("--out", help="model folder to write (default models/<name>)")
         if name == "train":
