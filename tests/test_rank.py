@@ -116,8 +116,11 @@ async def test_candidates_at_set_temperatures_ranked_with_alternatives():
     from ghost_lsp.settings.core import Settings
     from ghost_lsp.types import CompletionRequest
 
+    from ghost_lsp.settings.filters import FilterSettings
+
     engine = TempEngine()
-    s = Settings(debounce_ms=0, n=3, temperatures=(0.0, 0.2, 0.6))
+    # the fake log-probs rank the candidates; the probability cut would shorten them all
+    s = Settings(debounce_ms=0, n=3, temperatures=(0.0, 0.2, 0.6), filters=FilterSettings(min_cum_logprob=float("-inf")))
     req = CompletionRequest(uri="file:///p/m.py", version=1, line=1, character=11, path="/p/m.py")
     completer = Completer(engine, s)
     c = await completer.complete(req, "def add(a, b):\n    return \n")

@@ -58,7 +58,9 @@ async def test_serve_with_remote_url(model_dir, tmp_path):
         await lsp.initialize_session(types.InitializeParams(
             capabilities=client_capabilities("visual_studio_code"),
             initialization_options={"ghost": {"debounceMs": 0, "maxNewTokens": 16, "deadlineMs": 3000,
-                                              "remoteUrl": f"http://127.0.0.1:{port}", "remoteToken": TOKEN}}))
+                                              "remoteUrl": f"http://127.0.0.1:{port}", "remoteToken": TOKEN,
+                                              # the remote path, not the probability cut, is under test
+                                              "filters": {"minCumLogprob": -1e9}}}))
         uri = (tmp_path / "m.py").as_uri()
         lsp.text_document_did_open(types.DidOpenTextDocumentParams(
             text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=SOURCE)))
