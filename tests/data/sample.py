@@ -1,4 +1,4 @@
-"""A small module to try completions on: `ghost-lsp complete tests/data/sample.py --line 17 --col 13`."""
+"""A small module to try completions on: `ghost-lsp complete tests/data/sample.py --line 17 --col 22`."""
 
 import os
 from pathlib import Path
@@ -14,7 +14,7 @@ def find_python_files(root):
     """Yield every .py file under root."""
     for dirpath, dirnames, filenames in os.walk(root):
         for name in filenames:
-            
+            yield os.
     return
 
 
