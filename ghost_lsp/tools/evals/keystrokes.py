@@ -52,7 +52,7 @@ class KeystrokeResult:
             return round(lat[min(len(lat) - 1, int(q / 100 * len(lat)))], 1) if lat else None
 
         return {
-            "lines": self.lines, "chars": self.chars, "keys": self.keys, "requests": self.requests,
+            "lines": self.lines, "chars": self.chars, "keys": self.keys, "requests": self.requests, "shown": self.shown,
             "keystrokes_saved": round(1 - self.keys / self.chars, 4) if self.chars else None,
             "shown_rate": round(self.shown / self.requests, 4) if self.requests else None,
             "right_rate": round(self.taken / self.shown, 4) if self.shown else None,
@@ -196,9 +196,8 @@ def combine(results: list[dict]) -> dict:
     """Several sources' results as one: counts added, rates and latencies recomputed."""
     total = KeystrokeResult()
     for r in results:
-        for k in ("lines", "chars", "keys", "requests", "errors", "chars_from_tab"):
+        for k in ("lines", "chars", "keys", "requests", "errors", "chars_from_tab", "shown"):
             setattr(total, k, getattr(total, k) + r[k])
-        total.shown += round((r["shown_rate"] or 0) * r["requests"])
         total.taken += r["tabs"]
         total.latencies_ms += r.pop("_latencies", [])
     out = total.metrics()

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import time
 import tomllib
@@ -56,25 +55,6 @@ class Recipe:
         return self.work / stage
 
 
-def download_sdists(names: list[str], dest: Path) -> list[str]:
-    """pip-download source distributions (no dependencies, no wheels); returns failures."""
-    dest.mkdir(parents=True, exist_ok=True)
-    failed = []
-    for name in names:
-        have = [p for p in dest.iterdir() if p.name.lower().startswith(name.lower().replace("-", "_") + "-")
-                or p.name.lower().startswith(name.lower() + "-")]
-        if have:
-            continue
-        print(f"downloading sdist of {name}", file=sys.stderr)
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                            "--no-build-isolation", "-d", str(dest), name],
-                           capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            failed.append(name)
-            print(f"  failed: {r.stderr.strip().splitlines()[-1:] }", file=sys.stderr)
-    return failed
-
-
 def recipe_packages(r: Recipe) -> list[str]:
     """The recipe's sdists: `sdists = [...]` and/or `packages_file` (one name a line, # comments)."""
     c = r.section("corpus")
@@ -93,16 +73,13 @@ def stage_corpus(r: Recipe, sdist_dir: str | None = None) -> dict:
     sd = Path(sdist_dir) if sdist_dir else r.work / "sdists"
     reserved_src = None
     if names and not sdist_dir:
-        if c.get("packages_file"):
-            from ghost_lsp.tools.modelkit.fetch import fetch_sdists
+        from ghost_lsp.tools.modelkit.fetch import fetch_sdists
 
-            fetch_sdists(names, sd)
-            if RESERVED.exists():
-                # the reserved packages' own sources, so their copies inside other sdists are found
-                reserved_src = r.work / "reserved-sdists"
-                fetch_sdists(sorted(load_reserved(RESERVED)), reserved_src)
-        else:
-            download_sdists(names, sd)
+        fetch_sdists(names, sd)
+        if RESERVED.exists():
+            # the reserved packages' own sources, so their copies inside other sdists are found
+            reserved_src = r.work / "reserved-sdists"
+            fetch_sdists(sorted(load_reserved(RESERVED)), reserved_src)
     m = build_corpus(r.corpus_dir, sdist_dir=sd if names else None,
                      reserved_file=RESERVED if RESERVED.exists() else None,
                      include_stdlib=c.get("stdlib", True), valid_fraction=c.get("valid_fraction", 0.06),
