@@ -53,6 +53,22 @@ def test_simulated_user_through_the_server_counts_every_key(tmp_path):
     assert 0 <= m["keystrokes_saved"] < 1 and 0 <= m["shown_rate"] <= 1
     assert m["latency_p50_ms"] > 0
     assert m["files_under_test"] + m["workspace_files"] == len(PROJECT)
+    # the next line at each line's start: a whole-line match is also a Tab the user took
+    assert 0 <= m["line_exact"] <= min(m["lines"], m["tabs"])
+    assert 0 <= m["next_line_edit_similarity"] <= 1 and m["next_line_exact_match"] == m["line_exact"] / 6
+
+
+def test_sources_combine_by_counts():
+    from ghost_lsp.tools.evals.keystrokes import combine
+
+    def one(lines, exact, sim_sum, src):
+        return {"lines": lines, "chars": 10 * lines, "keys": 5 * lines, "requests": 5 * lines, "errors": 0,
+                "chars_from_tab": 0, "shown": lines, "tabs": exact, "line_exact": exact, "source": src,
+                "_latencies": [1.0] * lines, "_line_similarity": sim_sum}
+
+    m = combine([one(3, 1, 1.5, "a"), one(1, 1, 1.0, "b")])
+    assert m["lines"] == 4 and m["line_exact"] == 2
+    assert m["next_line_exact_match"] == 0.5 and m["next_line_edit_similarity"] == 0.625
 
 
 def test_grid_spells_every_combination():

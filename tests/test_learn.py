@@ -353,3 +353,30 @@ def test_ctrl_c_stops_cleanly(base_model, tmp_path):
     assert out.startswith("ghost-lsp learn: installed") or "ghost-lsp learn: kept the base model" in out, out
     learned = tmp_path / "xdg" / "ghost-lsp" / "learned"
     assert not [p for p in learned.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_eval_learn_measures_base_and_each_budget_on_the_held_out_share(base_model, xdg, tmp_path):
+    """`ghost-lsp eval learn`: the 70 % learnt from and the 30 % typed are disjoint, every budget
+    gets a row, and a kept base model is reported with the base's own figures."""
+    from ghost_lsp.engine.manifest import Manifest
+    from ghost_lsp.tools.evals.learn import general_windows, run_project
+
+    proj = tmp_path / "heldout-proj"
+    for i in range(8):
+        write(proj / "pkg" / f"mod{i}.py", f"import os\n\n\ndef helper_{i}(path, name):\n"
+              "    full = os.path.join(path, name)\n    if os.path.exists(full):\n        return full\n"
+              "    return None\n")
+    general = general_windows(base_model / Manifest.load(base_model).tokenizer, 32)
+    assert general.shape[1] == 33 and len(general) > 10
+    out = run_project(str(proj), base_model, [0.05], lines=2, lr=3e-3, general=general, log=lambda m: None,
+                      max_steps=15, min_agreement=0.5)
+    assert out["files_learned"] + out["files_typed"] == 8 and out["files_typed"] > 0
+    base, *adapted = out["rows"]
+    assert base["minutes"] == 0 and [r["minutes"] for r in adapted] == [0.05]
+    for r in out["rows"]:
+        assert r["lines"] == 2 and 0 <= r["keystrokes_saved"] < 1 and r["general_loss"] > 0
+    for r in adapted:
+        assert r["steps"] > 0 and set(r["heldout_loss"]) >= {"base", "after"}
+        if not r["installed"]:  # the server would keep the base model: the user sees the base's figures
+            assert r["keystrokes_saved"] == base["keystrokes_saved"] and r["general_loss"] == base["general_loss"]
+    assert not any(Path(str(xdg)).rglob("manifest.json"))  # nothing installed for the user

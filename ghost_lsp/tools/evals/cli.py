@@ -395,4 +395,11 @@ def add_eval_parsers(sub) -> argparse.ArgumentParser:
                                            "ghost text with Tab when it is right")
     keystrokes.add_arguments(p)
     p.set_defaults(func=keystrokes.main_args)
+
+    from ghost_lsp.tools.evals import learn
+
+    p = esub.add_parser("learn", help="`ghost-lsp learn` on held-out projects: learn on 70 %% of the files for "
+                                      "each budget, type the other 30 %% through the server (needs [train])")
+    learn.add_arguments(p)
+    p.set_defaults(func=learn.main_args)
     return ep

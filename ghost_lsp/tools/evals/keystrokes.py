@@ -10,7 +10,10 @@ and the text is inserted; otherwise they type the next character. Reported:
 - keystrokes saved = 1 − keys pressed / characters of the lines;
 - shown = requests that came back with ghost text / requests;
 - right = shown ghost text the user took with Tab / shown ghost text;
-- latency of every request, median and 95th percentile.
+- latency of every request, median and 95th percentile;
+- next line through the server: at each line's start (nothing typed yet, the first request), the
+  exact match and edit similarity of the ghost text's first line against the line (empty ghost
+  text scores 0 similarity), i.e. the next-line task with the workspace cache as the user has it.
 
 Honesty: the files under test are split off from the project (`test_share`, by a hash of the
 path); the server's workspace is a copy of the *other* files only, so its index and n-gram cache
@@ -29,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ghost_lsp.tools.evals.nextline import Position, sample_positions
+from ghost_lsp.tools.evals.nextline import Position, edit_similarity, sample_positions
 from ghost_lsp.tools.evals.sources import read_python_files
 
 
@@ -44,6 +47,8 @@ class KeystrokeResult:
     chars_from_tab: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
+    line_exact: int = 0  # first ghost text of a line == the whole line
+    line_similarity: float = 0.0  # summed edit similarity of those first ghost texts
 
     def metrics(self) -> dict:
         lat = sorted(self.latencies_ms)
@@ -58,6 +63,9 @@ class KeystrokeResult:
             "right_rate": round(self.taken / self.shown, 4) if self.shown else None,
             "tabs": self.taken, "chars_from_tab": self.chars_from_tab,
             "latency_p50_ms": round(statistics.median(lat), 1) if lat else None, "latency_p95_ms": pct(95),
+            "line_exact": self.line_exact,
+            "next_line_exact_match": round(self.line_exact / self.lines, 4) if self.lines else None,
+            "next_line_edit_similarity": round(self.line_similarity / self.lines, 4) if self.lines else None,
             "errors": self.errors,
         }
 
@@ -134,6 +142,9 @@ async def _session(model: str | None, positions: list[Position], workspace: Path
                 col = p.character + len(typed)
                 ghost = (await ask(uri, p.line, col, indent + typed)).split("\n", 1)[0]
                 res.requests += 1
+                if not typed:  # the line's first request: the next-line task
+                    res.line_exact += ghost.rstrip() == goal.rstrip()
+                    res.line_similarity += edit_similarity(ghost.rstrip(), goal.rstrip()) if ghost.strip() else 0.0
                 if ghost.strip():
                     res.shown += 1
                 rest = goal[len(typed):]
@@ -187,6 +198,7 @@ def run_keystrokes(source: str | Path, *, model: str | None = None, lines: int =
         result = asyncio.run(_session(model, positions, workspace, under_root, config, gap_ms, progress))
     m = result.metrics()
     m["_latencies"] = result.latencies_ms  # for combining sources; dropped before printing
+    m["_line_similarity"] = result.line_similarity
     m.update(source=str(source), files_under_test=len(under), workspace_files=len(rest), test_share=test_share,
              seed=seed, gap_ms=gap_ms)
     return m
@@ -196,10 +208,11 @@ def combine(results: list[dict]) -> dict:
     """Several sources' results as one: counts added, rates and latencies recomputed."""
     total = KeystrokeResult()
     for r in results:
-        for k in ("lines", "chars", "keys", "requests", "errors", "chars_from_tab", "shown"):
+        for k in ("lines", "chars", "keys", "requests", "errors", "chars_from_tab", "shown", "line_exact"):
             setattr(total, k, getattr(total, k) + r[k])
         total.taken += r["tabs"]
         total.latencies_ms += r.pop("_latencies", [])
+        total.line_similarity += r.pop("_line_similarity", 0.0)
     out = total.metrics()
     out["sources"] = [r["source"] for r in results]
     return out
@@ -248,9 +261,10 @@ def run_sources(args, sources: list[str], config: str | None) -> dict:
                                       seed=args.seed, config=config, gap_ms=args.gap_ms, progress=progress))
     out = combine(results) if len(results) > 1 else results[0]
     out.pop("_latencies", None)
+    out.pop("_line_similarity", None)
     if len(results) > 1:
         out["per_source"] = {Path(r["source"]).name: {k: r[k] for k in ("keystrokes_saved", "shown_rate", "right_rate",
-                                                                         "lines")} for r in results}
+                                                                         "next_line_exact_match", "lines")} for r in results}
     return out
 
 

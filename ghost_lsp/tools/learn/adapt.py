@@ -185,7 +185,7 @@ def install(src: Path, dest: Path) -> None:
 
 
 def learn(root: str | Path, base_model: str | Path, out: str | Path, *, minutes: float = 3.0, max_steps: int = 0,
-          exclude: tuple[str, ...] = (), lr: float = 3e-4, batch_size: int = 8, min_agreement: float = 0.9,
+          exclude: tuple[str, ...] = (), lr: float = 1e-4, batch_size: int = 8, min_agreement: float = 0.9,
           progress: bool = True, stop=None, log=lambda msg: print(msg, file=sys.stderr)) -> LearnResult:
     """Learn `root`'s code into a model folder at `out` (installed only if better on the held-out
     files). Raises LearnError for what the user must fix; KeyboardInterrupt leaves `out` as it was."""

@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--config", metavar="FILE", help="settings file: its `exclude` globs apply (with .ghostignore)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="one more glob to keep out (repeatable; added to the settings' exclude and .ghostignore)")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="peak learning rate (default 1e-4: half the shipped model's last rate; higher over-fits a small project)")
     p.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: a step count, not minutes
     p.add_argument("--min-agreement", type=float, default=0.9, help=argparse.SUPPRESS)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
