@@ -43,3 +43,29 @@ def test_bench_rejects_unknown_sections(tiny_model_dir, tmp_path, capsys):
     assert main(["bench", "--model", str(tiny_model_dir), "--only", "warp", "--out", str(tmp_path / "x")]) == 2
     assert "unknown section" in capsys.readouterr().err
     assert main(["bench", "--model", str(tmp_path / "none")]) == 1
+
+
+def test_train_section_times_the_real_step_against_the_matmul_peak(tiny_hf_llama, tiny_model_dir, tmp_path):
+    """`bench --only train`: tokens/s of the training step and its FLOP/s as a share of the peak."""
+    import json
+    import shutil
+
+    pytest.importorskip("torch")
+    from ghost_lsp.tools.bench.train_speed import section_train, step_speed
+
+    config = json.loads((tiny_hf_llama / "config.json").read_text())
+    r = step_speed(config, "compact", threads=1, batch=2, context=16, steps=2, warmup=1)
+    assert r["tokens_per_s"] > 0 and r["params"] > 0
+    assert r["gflops"] == pytest.approx(6 * r["params"] * r["tokens_per_s"] / 1e9, rel=0.01, abs=0.1)
+    hf = step_speed(config, "hf", threads=1, batch=2, context=16, steps=2, warmup=1)
+    assert hf["params"] == r["params"]  # the same model, two definitions
+    # a folder without a checkpoint says so instead of timing something else
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    man = json.loads((bare / "manifest.json").read_text())
+    man.setdefault("info", {}).pop("source", None)
+    (bare / "manifest.json").write_text(json.dumps(man))
+    assert "skipped" in section_train(bare)[0]
+    folder = tiny_model_dir  # its manifest names the PyTorch folder it was exported from
+    rows = section_train(folder, batch=1, threads_list=(1,), impls=("compact",))
+    assert len(rows) == 1 and rows[0]["row"] == "train" and 0 < rows[0]["share_of_peak"]

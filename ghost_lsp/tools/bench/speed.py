@@ -79,6 +79,10 @@ def _table(results: list[dict]) -> str:
                        f"{ {k[:-3]: v for k, v in r['server_stage_ms_p50'].items()} }; forward-cache "
                        f"hit rate {r['forward_hit_rate']} (next key predicted {r['next_key_predicted']}), KV hit rate {r['kv_hit_rate']} "
                        f"(token reuse {r['kv_token_reuse']})")
+        elif kind == "train":
+            out.append(f"{kind:<13} {r['impl']:<16} {r['threads']} thread(s), batch {r['batch']}: {r['tokens_per_s']} tok/s "
+                       f"= {r['gflops']} GFLOP/s at 6·N ({r['params'] / 1e6:.2f} M), {r['share_of_peak']:.0%} of the "
+                       f"bf16 matmul peak {r['peak_gflops']} GFLOP/s (median of {r['steps']} steps)")
         elif kind == "sampling":
             out.append(f"{kind:<13} top-p per token over {r['positions']} positions, vocab {r['vocab']}: " + "; ".join(
                 f"p={k[6:]} partial sort {v['partial_ms']} ms vs full sort {v['full_sort_ms']} ms ({v['speedup']}x)"
@@ -90,7 +94,8 @@ def _table(results: list[dict]) -> str:
     return "\n".join(out)
 
 
-SECTIONS = ("engines", "variants", "cache", "pipeline", "lsp", "bandwidth", "sampling")
+SECTIONS = ("engines", "variants", "cache", "pipeline", "lsp", "bandwidth", "sampling", "train")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # `train` (minutes of torch.compile) runs only when asked
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -106,7 +111,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not (folder / "manifest.json").is_file():
         print(f"ghost-lsp bench: no model folder at {folder}", file=sys.stderr)
         return 1
-    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    only = set(args.only.split(",")) if args.only else set(DEFAULT_SECTIONS)
     bad = only - set(SECTIONS)
     if bad:
         print(f"ghost-lsp bench: unknown section(s) {sorted(bad)}; choose from {SECTIONS}", file=sys.stderr)
@@ -143,6 +148,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         measured = _onnx_speed(folder, threads, args.new_tokens, args.rounds)["ms_per_token"]
     run("bandwidth", lambda: section_bandwidth(folder, measured, args.new_tokens))
     run("sampling", lambda: section_sampling(folder, args.rounds))
+    if "train" in only:
+        from ghost_lsp.tools.bench.train_speed import section_train
+
+        run("train", lambda: section_train(folder))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"\nwrote {args.out}")
