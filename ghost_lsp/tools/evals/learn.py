@@ -41,9 +41,10 @@ def general_windows(tokenizer_json: Path, context: int):
 
 def _config(folder: Path) -> Path:
     # the server must answer with the model named on its command line, never a learned model it
-    # finds for the (temporary) workspace in the user's data directory
+    # finds for the (temporary) workspace in the user's data directory; and a request must not
+    # be cut short by the deadline, or the figures would depend on how busy the machine is
     cfg = folder / "eval-settings.json"
-    cfg.write_text(json.dumps({"learned_model": False}))
+    cfg.write_text(json.dumps({"learned_model": False, "deadline_ms": 60000}))
     return cfg
 
 
