@@ -63,12 +63,6 @@ class RemoteUnavailable(RemoteError):
     """The circuit breaker is open: the server failed repeatedly; not asked for a while."""
 
 
-class _Retry(Exception):
-    def __init__(self, wait: float, reason: str):
-        super().__init__(reason)
-        self.wait = wait
-
-
 class RemoteEngine:
     def __init__(self, url: str, *, token: str | None = None, timeout_ms: int = 1000, model: str = "",
                  model_dir: str | Path | None = None, fallback=None, failures_to_open: int = 3,
@@ -91,6 +85,7 @@ class RemoteEngine:
         self._auto_dialect = dialect == "auto"
         self.context = max(0, int(context))
         self.same_model = same_model
+        self.chars_per_token = CHARS_PER_TOKEN  # the estimate; lowered when a server finds it too long
         self.failures_to_open, self.cooldown_s = failures_to_open, cooldown_s
         self._failures = 0
         self._open_until = 0.0
@@ -128,7 +123,7 @@ class RemoteEngine:
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is not None:
             return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
-        return rq.estimate_tokens(text)
+        return rq.estimate_tokens(text, self.chars_per_token)
 
     def discover(self) -> bool:
         """Ask GET /v1/models for the model name, context length, dialect and (ghost-lsp
@@ -275,7 +270,7 @@ class RemoteEngine:
         if max_tokens != params.max_new_tokens:
             params = dataclasses.replace(params, max_new_tokens=max_tokens)
         room = ctx - max_tokens
-        fitted = rq.fit_prompt(prompt, room, self._tokenizer)
+        fitted = rq.fit_prompt(prompt, room, self._tokenizer, self.chars_per_token)
         if len(fitted) != len(prompt):
             log.debug("remote engine: prompt cut from %d to %d chars to fit %d tokens", len(prompt), len(fitted), room)
         return rq.body(fitted, params, dialect=self.dialect, model=self.model,
@@ -288,7 +283,13 @@ class RemoteEngine:
         while True:
             try:
                 return self._stream(body, params.stop_check, cancel, deadline, t0)
-            except _Retry as r:
+            except RemoteError as e:
+                if self._tokenizer is None and not e.server_fault and self.chars_per_token > 1.0:
+                    # an estimated prompt over the server's window (llama.cpp answers nothing):
+                    # count more tokens per character from now on, so later prompts fit
+                    self.chars_per_token = max(1.0, self.chars_per_token * 0.7)
+                raise
+            except rq.Retry as r:
                 if time.monotonic() + r.wait >= deadline - 0.05:
                     raise RemoteError(f"{self.url}: {r} and no time left to retry") from None
                 log.debug("remote engine: %s; retrying in %.2f s", r, r.wait)
@@ -305,7 +306,7 @@ class RemoteEngine:
             msg = rq.error_message(data)
             if resp.status in (429, 503):
                 wait = rq.retry_after(resp.getheader("Retry-After"))
-                raise _Retry(wait, f"HTTP {resp.status} ({msg})")
+                raise rq.Retry(wait, f"HTTP {resp.status} ({msg})")
             if resp.status in (401, 403):  # every request will fail alike: the breaker stops asking
                 raise RemoteError(f"{self.url}: HTTP {resp.status}: the token was refused ({msg})")
             raise RemoteError(f"{self.url}: HTTP {resp.status}: {msg}", server_fault=not 400 <= resp.status < 500)

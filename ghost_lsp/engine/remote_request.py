@@ -50,6 +50,14 @@ NEUTRAL = {
 TRUNCATES = {"vllm", "ghost-lsp"}  # honour truncate_prompt_tokens (llama.cpp ignores it)
 
 
+class Retry(Exception):
+    """The server is busy (429/503): ask again after `wait` seconds, if the deadline allows."""
+
+    def __init__(self, wait: float, reason: str):
+        super().__init__(reason)
+        self.wait = wait
+
+
 def detect_dialect(entry: dict) -> str:
     """The dialect of the server that listed `entry` in GET /v1/models."""
     owner = str(entry.get("owned_by", "")).lower()
@@ -96,20 +104,20 @@ def body(prompt: str, params: SamplingParams, *, dialect: str, model: str = "",
     return json.dumps(b).encode("utf-8")
 
 
-def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
+def estimate_tokens(text: str, chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    return math.ceil(len(text) / chars_per_token)
 
 
-def fit_prompt(prompt: str, room: int, tokenizer=None) -> str:
+def fit_prompt(prompt: str, room: int, tokenizer=None, chars_per_token: float = CHARS_PER_TOKEN) -> str:
     """`prompt` cut to at most `room` tokens, keeping its end (nearest the cursor).
 
     With the model's tokenizer the count is exact and a run of special tokens at the start
-    (BOS, <fim_prefix>: the template's head) is kept; without one, len / 3.5 chars estimates it.
+    (BOS, <fim_prefix>: the template's head) is kept; without one, len / chars_per_token estimates it.
     """
     if room <= 0:
         return ""
     if tokenizer is None:
-        keep = int(room * CHARS_PER_TOKEN)
+        keep = int(room * chars_per_token)
         return prompt if len(prompt) <= keep else prompt[len(prompt) - keep:]
     enc = tokenizer.encode(prompt, add_special_tokens=False)
     ids, offsets = enc.ids, enc.offsets
