@@ -337,3 +337,27 @@ def test_fim_is_rendered_here_and_sent_as_prompt_only(tiny_model_dir_fp32, tmp_p
         assert "<fim_suffix>\n\nprint(add(1, 2))" in body["prompt"]
     finally:
         fake.close()
+
+
+def test_early_stop_closes_the_stream_on_serve_model(live):
+    """The completer's stop rule ends a remote request before max_tokens: the engine stops
+    reading and closes the connection; the model server counts a client-closed request (499)."""
+    import urllib.request
+
+    def closed() -> float:
+        with urllib.request.urlopen(live + "/metrics", timeout=5) as r:
+            return sum(float(line.split()[-1]) for line in r.read().decode().splitlines()
+                       if line.startswith('ghost_serve_requests_total{status="499"}'))
+
+    eng = RemoteEngine(live, token=TOKEN, timeout_ms=5000)
+    seen = []
+    before = closed()
+    cand = eng.generate("def f():\n", SamplingParams(max_new_tokens=200, temperature=1.0, seed=3,
+                                                     stop_check=lambda t: seen.append(t) or len(seen) >= 2),
+                        deadline=time.monotonic() + 10)
+    assert cand.finish_reason == "early_stop" and len(seen) == 2
+    t0 = time.monotonic()
+    while closed() == before:
+        assert time.monotonic() - t0 < 5
+        time.sleep(0.05)
+    assert eng.generate("x = ", GREEDY, deadline=time.monotonic() + 10).finish_reason in ("length", "stop", "eos")
