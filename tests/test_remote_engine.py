@@ -1,4 +1,5 @@
-"""RemoteEngine against a live serve-model, a dead port, and servers that misbehave."""
+"""RemoteEngine against a live serve-model, a dead port, servers that misbehave, and loopback
+fakes that record what it sends (dialects, log-probs, the prompt cut to the context, FIM)."""
 
 from __future__ import annotations
 
