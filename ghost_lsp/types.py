@@ -72,6 +72,9 @@ class SamplingParams:
     # Called with the text so far after each token; True stops decoding (finish_reason
     # "early_stop"). Engines that cannot call back (remote) may ignore it: the filters cut anyway.
     stop_check: Callable[[str], bool] | None = None
+    # Whether the caller uses per-token log-probs (the confidence gate, the ranker). Engines that
+    # pay for them (a remote llama.cpp server takes several times as long) ask only when True.
+    logprobs: bool = True
 
 
 @dataclass

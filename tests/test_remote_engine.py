@@ -1,4 +1,5 @@
-"""RemoteEngine against a live serve-model, a dead port, and servers that misbehave."""
+"""RemoteEngine against a live serve-model, a dead port, servers that misbehave, and loopback
+fakes that record what it sends (dialects, log-probs, the prompt cut to the context, FIM)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ghost_lsp.engine.onnx import OnnxEngine
 from ghost_lsp.engine.loading import make_remote_engine
 from ghost_lsp.engine.remote import RemoteEngine, RemoteError, RemoteUnavailable
 from ghost_lsp.settings.core import Settings
+from ghost_lsp.settings.filters import ALL_OFF
 from ghost_lsp.types import SamplingParams
 from test_serving_http import TOKEN, free_port, start_model_server, stop
 
@@ -167,3 +169,196 @@ def test_make_remote_engine_from_settings(live, tiny_model_dir_fp32, monkeypatch
     assert eng.generate("x = ", GREEDY, deadline=time.monotonic() + 10).finish_reason != "error"
     with pytest.raises(EngineError, match="remote_url"):
         RemoteEngine("ftp://x")
+
+
+class CaptureServer:
+    """A loopback OpenAI-style server that records each POST body and streams `texts` back.
+
+    `models` is what GET /v1/models lists; `reply` overrides the completions answer (bytes)."""
+
+    def __init__(self, models: list[dict], texts=("ab", "cd"), reply: bytes | None = None):
+        import json
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, data, ctype="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, json.dumps({"object": "list", "data": models}).encode())
+
+            def do_POST(self):
+                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                if reply is not None:
+                    self.wfile.write(reply)
+                    self.close_connection = True
+                    return
+                events = b"".join(b"data: " + json.dumps({"choices": [{"index": 0, "text": t, "finish_reason": None,
+                                                                      "logprobs": None}]}).encode() + b"\n\n"
+                                  for t in texts)
+                events += b'data: {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}\n\ndata: [DONE]\n\n'
+                self._send(200, events, "text/event-stream")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("owner,model_id,dialect", [
+    ("vllm", "bigcode/starcoder2-3b", "vllm"), ("me", "/models/m.gguf", "llama.cpp"),
+    ("llamacpp", "m", "llama.cpp"), ("ghost-lsp", "tiny:none", "ghost-lsp"), ("library", "qwen2.5-coder", "openai")])
+def test_dialect_from_models_and_neutral_sampling_fields(owner, model_id, dialect):
+    """Greedy means argmax on every server: the neutral top_k/min_p/repetition penalty go out
+    explicitly, under the server's own names, and nothing a dialect does not document."""
+    fake = CaptureServer([{"id": model_id, "object": "model", "owned_by": owner}])
+    try:
+        eng = RemoteEngine(fake.url, timeout_ms=2000)
+        eng.generate("x = ", GREEDY, deadline=time.monotonic() + 5)
+        assert eng.dialect == dialect
+        [body] = fake.bodies
+        extra = set(body) - {"prompt", "max_tokens", "temperature", "top_p", "stream", "model", "logprobs",
+                             "truncate_prompt_tokens"}
+        assert extra == {"openai": set(), "ghost-lsp": set(), "vllm": {"top_k", "min_p", "repetition_penalty"},
+                         "llama.cpp": {"top_k", "min_p", "repeat_penalty"}}[dialect]
+        if dialect == "vllm":
+            assert (body["top_k"], body["min_p"], body["repetition_penalty"]) == (-1, 0.0, 1.0)
+        if dialect == "llama.cpp":
+            assert (body["top_k"], body["min_p"], body["repeat_penalty"]) == (0, 0.0, 1.0)
+        assert body["temperature"] == 0.0 and body["top_p"] == 1.0 and body["model"] == model_id
+        assert ("truncate_prompt_tokens" in body) == (dialect in ("vllm", "ghost-lsp"))  # estimated counts only
+    finally:
+        fake.close()
+
+
+def test_logprobs_asked_only_when_the_gate_or_the_ranker_reads_them():
+    from ghost_lsp.completion.completer import wants_logprobs
+    from ghost_lsp.settings.filters import FilterSettings
+
+    no_gate = FilterSettings(confidence=False)
+    assert wants_logprobs(Settings())  # the confidence gate is on by default
+    assert not wants_logprobs(Settings(filters=no_gate))
+    assert wants_logprobs(Settings(filters=no_gate, n=3))  # the ranker compares candidates by them
+    assert not wants_logprobs(Settings(filters=no_gate, n=3, rerank_model="teacher"))
+    fake = CaptureServer([{"id": "m", "owned_by": "me"}])
+    try:
+        eng = RemoteEngine(fake.url, timeout_ms=2000)
+        eng.generate("x", SamplingParams(max_new_tokens=4, logprobs=False), deadline=time.monotonic() + 5)
+        eng.generate("x", SamplingParams(max_new_tokens=4), deadline=time.monotonic() + 5)
+        assert "logprobs" not in fake.bodies[0] and fake.bodies[1]["logprobs"] == 0
+    finally:
+        fake.close()
+
+
+def test_a_requests_own_fault_does_not_open_the_breaker(caplog):
+    """An empty 200 stream (llama.cpp's answer to a prompt over its context) or a 400 is this
+    request's fault: the server is up, so the next request still asks it."""
+    empty = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 0\r\n"
+             b"Connection: close\r\n\r\n")
+    bad = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 41\r\n"
+           b'Connection: close\r\n\r\n{"error": {"message": "prompt too long"}}')
+    for reply, match in ((empty, "without data"), (bad, "prompt too long")):
+        fake = CaptureServer([{"id": "m", "owned_by": "me"}], reply=reply)
+        try:
+            eng = RemoteEngine(fake.url, timeout_ms=1000, failures_to_open=2, cooldown_s=30)
+            for _ in range(4):
+                with pytest.raises(RemoteError, match=match) as err:
+                    eng.generate("x", GREEDY, deadline=time.monotonic() + 3)
+                assert not err.value.server_fault and not isinstance(err.value, RemoteUnavailable)
+            assert len(fake.bodies) == 4
+        finally:
+            fake.close()
+
+
+def test_known_context_caps_the_prompt_keeping_its_end(tiny_model_dir_fp32):
+    """Nothing over remote_context - max_tokens is sent: the prompt's start goes, the text at the
+    cursor stays; exact with the model folder's tokenizer, by the estimate without."""
+    fake = CaptureServer([{"id": "/models/m.gguf", "owned_by": "me"}])
+    try:
+        long = "".join(f"value_{i} = compute({i}, {i * 7})\n" for i in range(200)) + "result = "
+        eng = RemoteEngine(fake.url, timeout_ms=2000, model_dir=tiny_model_dir_fp32, same_model=True, context=128)
+        eng.generate(long, SamplingParams(max_new_tokens=32), deadline=time.monotonic() + 5)
+        sent = fake.bodies[-1]["prompt"]
+        assert eng.manifest.context_length == 128 and eng.model_id == "remote:/models/m.gguf"
+        assert long.endswith(sent) and sent.endswith("result = ") and 96 - 2 <= eng.count_tokens(sent) <= 96
+        # the model folder says 256 and the server says nothing: 256 holds
+        eng = RemoteEngine(fake.url, timeout_ms=2000, model_dir=tiny_model_dir_fp32, same_model=True)
+        eng.generate(long, SamplingParams(max_new_tokens=48), deadline=time.monotonic() + 5)
+        assert eng.manifest.context_length == 256 and eng.count_tokens(fake.bodies[-1]["prompt"]) <= 256 - 48
+        # a special token at the start (a template's head) is kept
+        eng.generate("<fim_prefix>" + long, SamplingParams(max_new_tokens=48), deadline=time.monotonic() + 5)
+        assert fake.bodies[-1]["prompt"].startswith("<fim_prefix>") and fake.bodies[-1]["prompt"].endswith("result = ")
+        # no tokenizer: the estimate (3.5 chars a token)
+        eng = RemoteEngine(fake.url, timeout_ms=2000, context=100)
+        eng.generate(long, SamplingParams(max_new_tokens=20), deadline=time.monotonic() + 5)
+        assert fake.bodies[-1]["prompt"] == long[-280:]
+    finally:
+        fake.close()
+
+
+def test_fim_is_rendered_here_and_sent_as_prompt_only(tiny_model_dir_fp32, tmp_path):
+    """With the model folder the completer renders the folder's FIM template itself; the body
+    carries `prompt` (prefix and suffix inside) and never `suffix` (no server-side template)."""
+    import asyncio
+
+    from ghost_lsp.completion.completer import Completer
+    from ghost_lsp.engine.manifest import Manifest
+    from ghost_lsp.types import CompletionRequest
+
+    manifest = Manifest.load(tiny_model_dir_fp32)
+    assert manifest.fim and manifest.family == "starcoder"
+    fake = CaptureServer([{"id": "/models/tiny.gguf", "owned_by": "me"}], texts=("a + b",))
+    try:
+        s = Settings(remote_url=fake.url, remote_model_dir=str(tiny_model_dir_fp32), remote_fallback=False,
+                     filters=ALL_OFF, debounce_ms=0, context_providers=())
+        eng = make_remote_engine(s, tmp_path / "no-local-model")
+        assert eng.manifest.family == "starcoder" and eng.dialect == "llama.cpp"
+        text = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
+        req = CompletionRequest(uri="file:///m.py", version=1, path="/m.py", language="python", line=1, character=11)
+        got = asyncio.run(Completer(eng, s).complete(req, text))
+        assert got is not None and got.text == "a + b"
+        [body] = fake.bodies
+        assert "suffix" not in body
+        assert body["prompt"].startswith("<fim_prefix>") and body["prompt"].endswith("<fim_middle>")
+        assert "<fim_suffix>\n\nprint(add(1, 2))" in body["prompt"]
+    finally:
+        fake.close()
+
+
+def test_early_stop_closes_the_stream_on_serve_model(live):
+    """The completer's stop rule ends a remote request before max_tokens: the engine stops
+    reading and closes the connection; the model server counts a client-closed request (499)."""
+    import urllib.request
+
+    def closed() -> float:
+        with urllib.request.urlopen(live + "/metrics", timeout=5) as r:
+            return sum(float(line.split()[-1]) for line in r.read().decode().splitlines()
+                       if line.startswith('ghost_serve_requests_total{status="499"}'))
+
+    eng = RemoteEngine(live, token=TOKEN, timeout_ms=5000)
+    seen = []
+    before = closed()
+    cand = eng.generate("def f():\n", SamplingParams(max_new_tokens=200, temperature=1.0, seed=3,
+                                                     stop_check=lambda t: seen.append(t) or len(seen) >= 2),
+                        deadline=time.monotonic() + 10)
+    assert cand.finish_reason == "early_stop" and len(seen) == 2
+    t0 = time.monotonic()
+    while closed() == before:
+        assert time.monotonic() - t0 < 5
+        time.sleep(0.05)
+    assert eng.generate("x = ", GREEDY, deadline=time.monotonic() + 10).finish_reason in ("length", "stop", "eos")

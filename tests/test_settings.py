@@ -103,3 +103,15 @@ def test_section_of_change():
     assert section_of_change({"maxNewTokens": 8}) == {"maxNewTokens": 8}  # flat (Helix)
     assert section_of_change({"python": {"analysis": 1}}) is None  # other sections only
     assert section_of_change(None) is None
+
+
+def test_remote_model_settings():
+    from ghost_lsp.engine.remote_request import DIALECTS
+    from ghost_lsp.settings.core import REMOTE_DIALECTS
+
+    assert REMOTE_DIALECTS == DIALECTS  # settings may not import the engine: the two lists agree
+    s, warnings = from_dict({"remoteModelDir": "/m", "remoteContext": 4096, "remoteDialect": "llama.cpp"})
+    assert not warnings and (s.remote_model_dir, s.remote_context, s.remote_dialect) == ("/m", 4096, "llama.cpp")
+    s, warnings = from_dict({"remoteDialect": "tgi", "remoteContext": -1})
+    assert len(warnings) == 2 and (s.remote_dialect, s.remote_context) == ("auto", 0)
+    assert "one of auto, openai, vllm, llama.cpp, ghost-lsp" in " ".join(warnings)

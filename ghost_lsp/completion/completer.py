@@ -46,6 +46,12 @@ def want_multiline(mode: str, request_multiline: bool, line_prefix: str, line_su
     return stripped == "" or stripped.endswith(":")
 
 
+def wants_logprobs(s: Settings) -> bool:
+    """Whether candidates need the model's per-token log-probs: the confidence gate reads them,
+    and the ranker compares several candidates by them unless a second model scores them."""
+    return s.filters.confidence or (s.n > 1 and not s.rerank_model)
+
+
 class Completer:
     """Long-lived: holds the engine, the settings and the feedback store."""
 
@@ -244,6 +250,7 @@ class Completer:
                 presence_penalty=s.presence_penalty,
                 stop=list(prompt.stop),
                 stop_check=StopCheck(ctx, multiline, s.filters) if s.filters.early_stop else None,
+                logprobs=wants_logprobs(s),
             )
             try:
                 gen = partial(engine.generate, prompt.text, params, cancel, deadline)

@@ -39,7 +39,8 @@ def load_engine(model_dir, settings=None, **options) -> Engine:
 
 def make_remote_engine(settings, model_dir) -> RemoteEngine:
     """The language server's remote engine from its settings; the local model (if loadable)
-    becomes the fall-back and the token counter."""
+    becomes the fall-back, and the token counter and template unless `remote_model_dir` names
+    the served model's folder."""
     token = settings.remote_token or os.environ.get("GHOST_LSP_REMOTE_TOKEN", "")
     fallback = None
     has_local = model_dir is not None and Path(model_dir, "manifest.json").is_file()
@@ -48,9 +49,15 @@ def make_remote_engine(settings, model_dir) -> RemoteEngine:
             fallback = load_local(model_dir)
         except EngineError as e:
             log.warning("remote engine: no local fall-back (%s)", e)
+    served = getattr(settings, "remote_model_dir", "")
+    if served and not Path(served, "manifest.json").is_file():
+        log.warning("remote_model_dir %s has no manifest.json; token counts will be estimates", served)
     engine = RemoteEngine(settings.remote_url, token=token or None, timeout_ms=settings.remote_timeout_ms,
-                          model=settings.remote_model, model_dir=model_dir if has_local else None, fallback=fallback)
+                          model=settings.remote_model, model_dir=served or (model_dir if has_local else None),
+                          fallback=fallback, dialect=settings.remote_dialect, context=settings.remote_context,
+                          same_model=bool(served))
     engine.discover()
-    log.info("remote engine %r: model %s, context %d, fall-back %s", engine, engine.model_id,
-             engine.manifest.context_length, fallback.model_id if fallback else "none")
+    log.info("remote engine %r: model %s (%s dialect), context %d, template %s, fall-back %s", engine,
+             engine.model_id, engine.dialect, engine.manifest.context_length, engine.manifest.family,
+             fallback.model_id if fallback else "none")
     return engine

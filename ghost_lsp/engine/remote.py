@@ -1,67 +1,72 @@
 """Remote engine: the Engine protocol over a plain OpenAI-compatible `POST /v1/completions`.
 
-Speaks only the common subset (prompt, max_tokens, temperature, top_p, penalties, stop, seed,
-logprobs, stream), so it works against `ghost-lsp serve-model`, vLLM, TGI, the llama.cpp
-server and Ollama's OpenAI endpoint alike. The prompt is rendered here, by the language
-server's own template (the completer does that), and sent as text.
+Works against `ghost-lsp serve-model`, vLLM, TGI, the llama.cpp server and Ollama's OpenAI
+endpoint alike; what it sends, in which server's dialect, is `remote_request.py`. The prompt is
+rendered here, by the language server's own template (the completer does that), and sent as text.
 
 Behaviour on a slow or dead server (every keystroke asks, so failures must be cheap):
 - stdlib http.client, one keep-alive connection reused across requests; streaming (SSE), so a
-  cancelled request or a passed deadline closes the connection and the server frees its row;
+  cancelled request, a passed deadline or the completer's early stop (`params.stop_check`: the
+  cycle and end-of-block rules would cut every further token) closes the connection, and the
+  server stops decoding that request;
 - socket timeouts of min(timeout, time to the deadline): no call outlives the completer's deadline;
 - retries only where the request was certainly not run: a stale keep-alive connection (retried
   at once on a fresh one) and 429/503 with Retry-After that still fits before the deadline;
   never after a timeout;
-- a circuit breaker: after `failures_to_open` consecutive failures the engine fails fast for
-  `cooldown_s`, then lets one request probe the server;
+- a circuit breaker: after `failures_to_open` consecutive failures of the server (no connection,
+  timeouts, 5xx, a refused token) the engine fails fast for `cooldown_s`, then lets one request
+  probe the server. A request's own fault (another 4xx, an empty stream: llama.cpp's answer to a
+  prompt over its context) says the server is up and does not count;
 - with a `fallback` engine (the local model) any remote failure or open breaker answers locally.
 
-Token counting for the prompt budget uses the local tokenizer when the model folder is there,
-else an estimate of len(text) / 3.5 chars (and asks the server to keep only the last
-context - max_tokens prompt tokens, vLLM's `truncate_prompt_tokens`, which ghost-lsp's server
-also honours). The token is sent as a bearer header and never logged.
+The prompt is cut here, keeping its end, to the model's known context less max_tokens: `context`
+(remote_context), else the smaller of /v1/models' and the model folder's, else 2,048. Token counts
+use `model_dir`'s tokenizer when it is the served model (`same_model`: the user named it, or the
+server reports its name), else len / 3.5 chars. The token is a bearer header, never logged.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import dataclasses
 import logging
-import math
 import socket
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ghost_lsp.engine import remote_request as rq
 from ghost_lsp.engine.base import EngineError
 from ghost_lsp.engine.manifest import Manifest
 from ghost_lsp.types import Candidate, SamplingParams
 
 log = logging.getLogger(__name__)
 
-CHARS_PER_TOKEN = 3.5
-MAX_RETRY_AFTER_S = 2.0
+CHARS_PER_TOKEN = rq.CHARS_PER_TOKEN
+DEFAULT_CONTEXT = 2048
 
 
 class RemoteError(EngineError):
-    """The remote server failed this request (the message says how; never the token)."""
+    """The remote server failed this request (the message says how; never the token).
+
+    `server_fault`: the server is down or broken (counts towards the circuit breaker); False
+    when the server is up and refused or could not do this one request."""
+
+    def __init__(self, message: str, *, server_fault: bool = True):
+        super().__init__(message)
+        self.server_fault = server_fault
 
 
 class RemoteUnavailable(RemoteError):
     """The circuit breaker is open: the server failed repeatedly; not asked for a while."""
 
 
-class _Retry(Exception):
-    def __init__(self, wait: float, reason: str):
-        super().__init__(reason)
-        self.wait = wait
-
-
 class RemoteEngine:
     def __init__(self, url: str, *, token: str | None = None, timeout_ms: int = 1000, model: str = "",
                  model_dir: str | Path | None = None, fallback=None, failures_to_open: int = 3,
-                 cooldown_s: float = 5.0):
+                 cooldown_s: float = 5.0, dialect: str = "auto", context: int = 0, same_model: bool = False):
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise EngineError(f"remote_url {url!r}: expected http(s)://host[:port][/path]")
@@ -74,6 +79,13 @@ class RemoteEngine:
         self.timeout_s = max(0.01, timeout_ms / 1000)
         self.model = model
         self.fallback = fallback
+        if dialect not in rq.DIALECTS:
+            raise EngineError(f"remote_dialect {dialect!r}: expected one of {', '.join(rq.DIALECTS)}")
+        self.dialect = "openai" if dialect == "auto" else dialect
+        self._auto_dialect = dialect == "auto"
+        self.context = max(0, int(context))
+        self.same_model = same_model
+        self.chars_per_token = CHARS_PER_TOKEN  # the estimate; lowered when a server finds it too long
         self.failures_to_open, self.cooldown_s = failures_to_open, cooldown_s
         self._failures = 0
         self._open_until = 0.0
@@ -84,7 +96,9 @@ class RemoteEngine:
         self._next_discover = 0.0
         self.manifest = self._local_manifest(model_dir)
         if self.manifest is None:
-            self.manifest = Manifest(name=model or "remote", family="plain", context_length=2048)
+            self.manifest = Manifest(name=model or "remote", family="plain", context_length=self.context or DEFAULT_CONTEXT)
+        elif self.context:
+            self.manifest = dataclasses.replace(self.manifest, context_length=self.context)
         self.model_id = f"remote:{model or self.manifest.name}"
         self.provider = self.url  # the Engine protocol's "what runs it"
 
@@ -109,13 +123,15 @@ class RemoteEngine:
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is not None:
             return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
-        return math.ceil(len(text) / CHARS_PER_TOKEN)
+        return rq.estimate_tokens(text, self.chars_per_token)
 
     def discover(self) -> bool:
-        """Ask GET /v1/models for the model name, context length and (ghost-lsp servers) family.
+        """Ask GET /v1/models for the model name, context length, dialect and (ghost-lsp
+        servers) family.
 
-        A local model folder of the same name keeps its manifest and exact tokenizer; another
-        model replaces them (token counts become estimates). Returns whether the server answered.
+        The model folder keeps its manifest and exact tokenizer when it is the served model
+        (`same_model`, or the server reports its name); another model replaces them (token
+        counts become estimates). Returns whether the server answered.
         """
         if self._discovered or time.monotonic() < self._next_discover:
             return self._discovered
@@ -123,7 +139,7 @@ class RemoteEngine:
             with self._lock:
                 status, body = self._request("GET", "/v1/models", None, time.monotonic() + self.timeout_s)
             if status != 200:
-                raise RemoteError(f"HTTP {status}: {_error_message(body)}")
+                raise RemoteError(f"HTTP {status}: {rq.error_message(body)}")
             data = json.loads(body).get("data") or [{}]
             entry = next((d for d in data if d.get("id") == self.model), data[0]) if self.model else data[0]
             info = entry.get("ghost_lsp") or {}
@@ -133,15 +149,23 @@ class RemoteEngine:
             return False
         self._discovered = True
         self.model = self.model or str(entry.get("id", ""))
+        if self._auto_dialect:
+            self.dialect = rq.detect_dialect(entry)
         name = str(info.get("name") or self.model or "remote")
-        if self._tokenizer is not None and name == self.manifest.name:
+        stated = rq.context_of(entry)
+        if self._tokenizer is not None and (self.same_model or name == self.manifest.name):
+            ctx = self.context or min(self.manifest.context_length, stated or self.manifest.context_length)
+            self.manifest = dataclasses.replace(self.manifest, context_length=ctx)
             self.model_id = f"remote:{self.model}"
             return True
-        ctx = info.get("context_length") or entry.get("max_model_len")
         self._tokenizer = None
         self.manifest = Manifest(name=name, family=str(info.get("family", "plain")), fim=bool(info.get("fim", False)),
-                                 context_length=int(ctx) if isinstance(ctx, int) and ctx > 0 else 2048)
+                                 context_length=self.context or stated or DEFAULT_CONTEXT)
         self.model_id = f"remote:{self.model or name}"
+        if not (self.context or stated):
+            log.warning("remote engine: %s states no context length; assuming %d tokens (set remote_context, "
+                        "and remote_model_dir for exact token counts and the model's prompt template)",
+                        self.url, DEFAULT_CONTEXT)
         return True
 
     # -- HTTP -----------------------------------------------------------------------------
@@ -221,7 +245,12 @@ class RemoteEngine:
         return cand
 
     def _fail(self, err: RemoteError, prompt, params, cancel, deadline) -> Candidate:
-        if not isinstance(err, RemoteUnavailable):
+        if isinstance(err, RemoteUnavailable):
+            pass
+        elif not err.server_fault:
+            self._failures = 0  # the server answered: it is up
+            log.info("remote engine: %s", err)
+        else:
             self._failures += 1
             if self._failures >= self.failures_to_open:
                 if self._open_until <= time.monotonic():
@@ -234,34 +263,33 @@ class RemoteEngine:
             return self.fallback.generate(prompt, params, cancel, deadline)
         raise err
 
-    def _body(self, prompt: str, params: SamplingParams) -> bytes:
-        body = {"prompt": prompt, "max_tokens": int(params.max_new_tokens),
-                "temperature": float(params.temperature), "top_p": float(params.top_p), "stream": True,
-                "logprobs": 0}
-        if self.model:
-            body["model"] = self.model
-        if params.frequency_penalty:
-            body["frequency_penalty"] = params.frequency_penalty
-        if params.presence_penalty:
-            body["presence_penalty"] = params.presence_penalty
-        stops = [s for s in params.stop if s][:4]  # the OpenAI API takes at most 4
-        if stops:
-            body["stop"] = stops
-        if params.seed is not None:
-            body["seed"] = params.seed
-        room = self.manifest.context_length - int(params.max_new_tokens)
-        if self._tokenizer is None and room > 0:
-            body["truncate_prompt_tokens"] = room  # our count is an estimate: let the server cut
-        return json.dumps(body).encode("utf-8")
+    def request_body(self, prompt: str, params: SamplingParams) -> bytes:
+        """The JSON body sent for `prompt`: cut to the context less max_tokens, in the dialect."""
+        ctx = self.manifest.context_length
+        max_tokens = min(int(params.max_new_tokens), max(1, ctx // 2))
+        if max_tokens != params.max_new_tokens:
+            params = dataclasses.replace(params, max_new_tokens=max_tokens)
+        room = ctx - max_tokens
+        fitted = rq.fit_prompt(prompt, room, self._tokenizer, self.chars_per_token)
+        if len(fitted) != len(prompt):
+            log.debug("remote engine: prompt cut from %d to %d chars to fit %d tokens", len(prompt), len(fitted), room)
+        return rq.body(fitted, params, dialect=self.dialect, model=self.model,
+                       truncate_to=room if self._tokenizer is None else None)
 
     def _generate(self, prompt, params, cancel, deadline) -> Candidate:
         self.discover()
-        body = self._body(prompt, params)
+        body = self.request_body(prompt, params)
         t0 = time.perf_counter()
         while True:
             try:
-                return self._stream(body, cancel, deadline, t0)
-            except _Retry as r:
+                return self._stream(body, params.stop_check, cancel, deadline, t0)
+            except RemoteError as e:
+                if self._tokenizer is None and not e.server_fault and self.chars_per_token > 1.0:
+                    # an estimated prompt over the server's window (llama.cpp answers nothing):
+                    # count more tokens per character from now on, so later prompts fit
+                    self.chars_per_token = max(1.0, self.chars_per_token * 0.7)
+                raise
+            except rq.Retry as r:
                 if time.monotonic() + r.wait >= deadline - 0.05:
                     raise RemoteError(f"{self.url}: {r} and no time left to retry") from None
                 log.debug("remote engine: %s; retrying in %.2f s", r, r.wait)
@@ -270,18 +298,18 @@ class RemoteEngine:
                 if cancel is None:
                     time.sleep(r.wait)
 
-    def _stream(self, body: bytes, cancel, deadline, t0) -> Candidate:
+    def _stream(self, body: bytes, stop_check, cancel, deadline, t0) -> Candidate:
         resp = self._send("POST", "/v1/completions", body, deadline)
         if resp.status != 200:
             data = resp.read(65536)
             self._drop()
-            msg = _error_message(data)
+            msg = rq.error_message(data)
             if resp.status in (429, 503):
-                wait = _retry_after(resp.getheader("Retry-After"))
-                raise _Retry(wait, f"HTTP {resp.status} ({msg})")
-            if resp.status in (401, 403):
+                wait = rq.retry_after(resp.getheader("Retry-After"))
+                raise rq.Retry(wait, f"HTTP {resp.status} ({msg})")
+            if resp.status in (401, 403):  # every request will fail alike: the breaker stops asking
                 raise RemoteError(f"{self.url}: HTTP {resp.status}: the token was refused ({msg})")
-            raise RemoteError(f"{self.url}: HTTP {resp.status}: {msg}")
+            raise RemoteError(f"{self.url}: HTTP {resp.status}: {msg}", server_fault=not 400 <= resp.status < 500)
         cand = Candidate(text="")
         parts: list[str] = []
         first_at = None
@@ -327,23 +355,29 @@ class RemoteEngine:
                     raise RemoteError(f"{self.url}: malformed choice in the stream: {data[:80]!r}")
                 if first_at is None:
                     first_at = time.perf_counter()
-                parts.append(choice.get("text") or "")
+                piece = choice.get("text") or ""
+                parts.append(piece)
                 lp = choice.get("logprobs") or {}
                 if isinstance(lp, dict):
                     cand.logprobs += [float(x) for x in lp.get("token_logprobs") or [] if x is not None]
                     cand.offsets += [int(x) for x in lp.get("text_offset") or []]
                 if choice.get("finish_reason"):
                     reason = choice["finish_reason"]
+                elif piece and stop_check is not None and rq.stops(stop_check, "".join(parts)):
+                    reason = "early_stop"  # every further token would be cut: stop the server
+                    break
         except (OSError, http.client.HTTPException) as e:
             self._drop()
             if not parts:
                 raise RemoteError(f"{self.url}: stream broken ({e.__class__.__name__})") from None
             reason = "error"
         if not done:
+            resp.close()
             self._drop()  # closing the connection tells the server to stop generating
             if reason is None:
-                if not parts:
-                    raise RemoteError(f"{self.url}: stream ended without data")
+                if not parts:  # llama.cpp's answer to a prompt over its context, among others
+                    raise RemoteError(f"{self.url}: stream ended without data (a prompt over the server's "
+                                      "context? set remote_context)", server_fault=False)
                 reason = "error"
         else:
             resp.read()  # drain the chunked terminator so the connection can be reused
@@ -359,22 +393,3 @@ class RemoteEngine:
         cand.decode_ms = (end - (first_at or end)) * 1000
         return cand
 
-
-def _error_message(data: bytes) -> str:
-    try:
-        err = json.loads(data)
-        msg = err.get("error") if isinstance(err, dict) else None
-        if isinstance(msg, dict):
-            return str(msg.get("message", ""))[:200]
-        if isinstance(msg, str):
-            return msg[:200]
-    except ValueError:
-        pass
-    return data[:200].decode("utf-8", "replace")
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        return min(MAX_RETRY_AFTER_S, max(0.05, float(value))) if value else 0.25
-    except ValueError:
-        return 0.25

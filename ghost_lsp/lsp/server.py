@@ -153,7 +153,8 @@ class GhostServer(LearnedModel, FramedIO, LanguageServer):
             self.completer.forward.clear()  # a cached suggestion may come from the old model or filters
         if (old.db, old.feedback) != (s.db, s.feedback):
             self.open_store()
-        remote = ("remote_url", "remote_token", "remote_timeout_ms", "remote_model", "remote_fallback")
+        remote = ("remote_url", "remote_token", "remote_timeout_ms", "remote_model", "remote_fallback",
+                  "remote_model_dir", "remote_context", "remote_dialect")
         if (self.serving_folder(old)[0] != self.serving_folder(s)[0]
                 or any(getattr(old, k) != getattr(s, k) for k in remote)) and self._load_task is not None:
             self._load_task = None

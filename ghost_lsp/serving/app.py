@@ -298,6 +298,7 @@ def create_app(config: ServeConfig) -> Starlette:
         if stream:
             async def sse():
                 finished = 0
+                completed = False
                 try:
                     while finished < len(seqs):
                         idx, ev = await events.get()
@@ -313,7 +314,10 @@ def create_app(config: ServeConfig) -> Starlette:
                         yield f"data: {json.dumps({'id': cid, 'object': 'text_completion', 'created': created, 'model': model_id, 'choices': [], 'usage': usage()})}\n\n"
                     yield "data: [DONE]\n\n"
                     observe("200")
+                    completed = True
                 finally:
+                    if not completed:  # the client closed the stream: cancelled, or its early stop
+                        observe("499")
                     for s in seqs:  # the client went away: free the batch rows
                         s.cancel()
 

@@ -24,6 +24,7 @@ SECTION = "ghost"
 MULTILINE_MODES = ("auto", "always", "never")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LEARN_MODES = ("off", "idle")
+REMOTE_DIALECTS = ("auto", "openai", "vllm", "llama.cpp", "ghost-lsp")  # engine/remote_request.py DIALECTS
 
 DEFAULT_EXCLUDE = (
     "**/.env",
@@ -91,6 +92,16 @@ class Settings:
     remote_model: str = ""
     # Answer with the local model while the remote one is down or slow.
     remote_fallback: bool = True
+    # Model folder of the served model (its tokenizer, prompt template and context), trusted
+    # whatever name the server reports; "" = the local `model` folder, used only while the
+    # server reports the same model name.
+    remote_model_dir: str = ""
+    # The served model's context in tokens; 0 = from /v1/models (vLLM, serve-model), else the
+    # model folder's, else 2048. Prompts are cut to it less max_new_tokens before sending.
+    remote_context: int = 0
+    # Sampling-field names the server takes: "auto" (from /v1/models), "openai", "vllm",
+    # "llama.cpp", "ghost-lsp" (engine/remote_request.py).
+    remote_dialect: str = "auto"
     # Workspace token n-gram cache mixed into the model's next-token distribution (local model
     # only; engine/ngram.py): largest mix weight, and its memory bound in tokens (~68 B each).
     ngram_cache: bool = True
@@ -154,6 +165,9 @@ _RULES: dict[str, tuple[type, Any]] = {
     "remote_timeout_ms": (int, _in_range(50, 600_000)),
     "remote_model": (str, None),
     "remote_fallback": (bool, None),
+    "remote_model_dir": (str, None),
+    "remote_context": (int, _in_range(0, 10_000_000)),
+    "remote_dialect": (str, lambda v: v in REMOTE_DIALECTS),
     "ngram_cache": (bool, None),
     "ngram_weight": (float, _in_range(0.0, 1.0)),
     "ngram_max_tokens": (int, _in_range(0, 5_000_000)),
@@ -211,6 +225,7 @@ def _coerce(key: str, value: Any) -> Any:
             "prompt_cleaner": "one of off, strip",
             "temperatures": "at most 8 numbers between 0 and 2",
             "learn": f"one of {', '.join(LEARN_MODES)}",
+            "remote_dialect": f"one of {', '.join(REMOTE_DIALECTS)}",
         }.get(key, "a valid value")
         raise ValueError(f"expected {what}")
     if key == "log_level":

@@ -26,11 +26,14 @@ def start_model_server(model: Path, port: int):
 
 
 def served_requests(port: int) -> float:
+    """Requests the model server ran: to the end (200) or until the client closed the stream
+    (499: the remote engine stops reading once the completer's rules would cut the rest)."""
+    total = 0.0
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith('ghost_serve_requests_total{status="200"}'):
-                return float(line.split()[-1])
-    return 0.0
+            if line.startswith(('ghost_serve_requests_total{status="200"}', 'ghost_serve_requests_total{status="499"}')):
+                total += float(line.split()[-1])
+    return total
 
 
 async def suggestions(lsp, uri):
