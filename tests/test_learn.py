@@ -291,12 +291,26 @@ def test_failures_install_nothing_and_keep_what_serves(base_model, xdg, tmp_path
     # a crash inside training
     from ghost_lsp.tools.modelkit import train as train_mod
 
+    real_train = train_mod.train
+
     def boom(*a, **kw):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(train_mod, "train", boom)
     rc, out, err = run_learn(root, "--model", base_model, *FAST)
     assert rc == 1 and "out of memory" in err and "nothing installed" in err
+    monkeypatch.setattr(train_mod, "train", real_train)
+    # the disk fills while the adapted model is written
+    import errno
+
+    from ghost_lsp.tools.modelkit import export as export_mod
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_mod, "export_onnx", full)
+    rc, out, err = run_learn(root, "--model", base_model, *FAST)
+    assert rc == 1 and "the disk is full" in err and "nothing installed" in err
     # a second learn while one runs for the same project
     from ghost_lsp.tools.learn.adapt import exclusive
 

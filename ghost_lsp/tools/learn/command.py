@@ -97,15 +97,28 @@ def cmd_learn(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("ghost-lsp learn: aborted; nothing installed, the model in use is unchanged", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - a failed run installs nothing: say so in one line
-        print(f"ghost-lsp learn: failed ({type(e).__name__}: {e}); nothing installed, the model in use is "
-              "unchanged", file=sys.stderr)
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _failed(e)
+        print(f"ghost-lsp learn: the disk is full ({e}); the partial model was removed, nothing installed, the "
+              f"model in use is unchanged (a learn needs a few times the model folder's size free beside {out})",
+              file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001 - a failed run installs nothing: say so in one line
+        return _failed(e)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     print(f"ghost-lsp learn: {result.message}")
     return 0
+
+
+def _failed(e: BaseException) -> int:
+    print(f"ghost-lsp learn: failed ({type(e).__name__}: {e}); nothing installed, the model in use is "
+          "unchanged", file=sys.stderr)
+    return 1
 
 
 def _main_thread() -> bool:
