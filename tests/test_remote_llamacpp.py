@@ -98,10 +98,16 @@ def test_discovery_finds_llama_cpp_and_keeps_the_named_model_folder(server, tiny
     assert bare.discover() and bare.manifest.context_length == 2048 and bare.manifest.family == "plain"
 
 
+def visible(text: str) -> str:
+    """A random model emits stray UTF-8 fragments: the local engine shows each as U+FFFD,
+    llama.cpp's server drops it. The tokens are the same; compare what both can show."""
+    return text.replace("\ufffd", "")
+
+
 def test_greedy_tokens_equal_the_local_models(server, tiny_model_dir_fp32):
     """Temperature 0 on llama.cpp is the local model's greedy choice once repeat_penalty,
     top_k and min_p are sent neutral; with llama.cpp's defaults (1.1, 40, 0.05) it is not."""
-    local = OnnxEngine(tiny_model_dir_fp32, reuse_kv=False)
+    local = OnnxEngine(tiny_model_dir_fp32, reuse_kv=False, token_healing=False)
     eng = engine(server, tiny_model_dir_fp32)
     plain = engine(server, tiny_model_dir_fp32, dialect="openai")  # the OpenAI fields only
     prompts = ["def add(a, b):\n    return", "import os\n\n\nclass Stack:\n    def push(self, item):\n",
@@ -110,9 +116,10 @@ def test_greedy_tokens_equal_the_local_models(server, tiny_model_dir_fp32):
     for prompt in prompts:
         ref = local.generate(prompt, GREEDY)
         cand = eng.generate(prompt, GREEDY, deadline=time.monotonic() + 20)
-        assert cand.text == ref.text, prompt
-        assert len(cand.logprobs) == len(ref.logprobs) and cand.logprobs == pytest.approx(ref.logprobs, abs=2e-3)
-        differs += plain.generate(prompt, GREEDY, deadline=time.monotonic() + 20).text != ref.text
+        assert cand.text == visible(ref.text), prompt
+        # two f32 implementations of a random model with large logits: equal to about 1 %
+        assert len(cand.logprobs) == len(ref.logprobs) and cand.logprobs == pytest.approx(ref.logprobs, rel=0.02)
+        differs += plain.generate(prompt, GREEDY, deadline=time.monotonic() + 20).text != visible(ref.text)
     assert differs  # llama.cpp's own defaults change the "greedy" text
 
 
@@ -195,10 +202,10 @@ def test_completer_suggestion_matches_the_local_model_with_fim(server, tiny_mode
     req = CompletionRequest(uri="file:///m.py", version=1, path="/m.py", language="python", line=1, character=11)
     s = Settings(remote_url=server.url, remote_token=TOKEN, remote_model_dir=str(tiny_model_dir_fp32),
                  remote_timeout_ms=5000, remote_fallback=False, filters=ALL_OFF, debounce_ms=0, deadline_ms=20000,
-                 max_new_tokens=16, context_providers=())
+                 max_new_tokens=16, context_providers=(), ngram_cache=False)  # the remote path mixes no n-grams
     remote = make_remote_engine(s, tmp_path / "no-local-model")
     got = asyncio.run(Completer(remote, s).complete(req, text))
-    ref = asyncio.run(Completer(OnnxEngine(tiny_model_dir_fp32, reuse_kv=False), s).complete(req, text))
+    ref = asyncio.run(Completer(OnnxEngine(tiny_model_dir_fp32, reuse_kv=False, token_healing=False), s).complete(req, text))
     assert got is not None and ref is not None
     assert got.prompt == ref.prompt and got.prompt.startswith("<fim_prefix>")
-    assert got.candidate.text == ref.candidate.text
+    assert got.candidate.text == visible(ref.candidate.text)
