@@ -34,6 +34,8 @@ class LocalModel:
     serialised by a lock (the server runs them on an executor thread; two concurrent sessions
     would only fight over the same cores)."""
 
+    bos_ids: list[int] = []  # put before every prompt (a GGUF model that asks for its BOS token)
+
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 
@@ -85,9 +87,10 @@ class LocalModel:
         ctx = self.manifest.context_length
         max_new = max(0, int(params.max_new_tokens))
         ids = self.encode(prompt)
-        budget = max(1, ctx - max_new)
+        budget = max(1, ctx - max_new - len(self.bos_ids))
         if len(ids) > budget:
             ids = ids[-budget:]  # safety net: the prompt stage should have budgeted already
+        ids = self.bos_ids + ids
         prompt_ids, healed = heal_prompt(ids, self.token_bytes, self._fim_ids) if self.vocab.healer else (ids, b"")
         if not prompt_ids:
             if self.eos_id is None:
@@ -183,7 +186,7 @@ class LocalModel:
         not a sampling trace.
         """
         with self._lock:
-            p = self.encode(prompt)
+            p = self.bos_ids + self.encode(prompt)
             c = list(continuation) if not isinstance(continuation, str) else self.encode(continuation)
             if not c:
                 return []
