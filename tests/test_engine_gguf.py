@@ -239,6 +239,11 @@ def test_cli_complete_on_a_gguf(gguf_f32, tmp_path):
     assert got["model_id"] == "tiny-hf-llama0:f32" or got["model_id"].endswith(":f32")
     assert got["text"], got
     assert got["generated_tokens"] > 0
+    out = subprocess.run([sys.executable, "-m", "ghost_lsp.cli", "prompt", str(src), "--line", "2", "--col", "12",
+                          "--model", str(gguf_f32), "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["tokens"] > 0 and shown["ngram"] is None
 
 
 LSP_SOURCE = "import os\n\n\ndef add(a, b):\n    return a + b\n\n\nclass Stack:\n    def push(self, item):\n        "

@@ -166,7 +166,7 @@ class GgufModel:
                 b.pos[j] = start + i + j
                 b.n_seq_id[j] = 1
                 b.seq_id[j][0] = 0
-                b.logits[j] = all_logits or (last_chunk and j == len(chunk) - 1)
+                b.logits[j] = int(all_logits or (last_chunk and j == len(chunk) - 1))
             b.n_tokens = len(chunk)
             rc = self.lc.llama_decode(self.ctx, b)
             if rc != 0:
