@@ -152,11 +152,18 @@ def test_kv_cache_reuses_the_shared_prefix(gguf_f32):
 
 
 def test_drafts_verify_in_one_pass_and_change_nothing(engine):
-    prompt = "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n    return "
-    plain = engine.generate(prompt, greedy(12))
-    drafted = engine.generate(prompt, greedy(12), adapt=Adapt(draft_tokens=4))
-    assert drafted.token_ids == plain.token_ids
-    assert drafted.decode_info["draft_tokens"] > 0
+    plain = engine.generate(PROMPTS[1], greedy(12))
+    truth = plain.token_ids
+
+    def drafter(context, n):  # proposes what the plain run chose next (then one wrong token)
+        k = next((k for k in range(min(len(truth), len(context)), 0, -1) if context[-k:] == truth[:k]), 0)
+        return (truth[k:k + n - 1] + [5])[:n]
+
+    drafted = engine.generate(PROMPTS[1], greedy(12), adapt=Adapt(draft_tokens=4, drafter=drafter))
+    assert drafted.token_ids == truth
+    assert drafted.logprobs == pytest.approx(plain.logprobs, abs=1e-4)
+    info = drafted.decode_info
+    assert info["draft_accepted"] > 0 and info["decode_calls"] < plain.decode_info["decode_calls"]
 
 
 def test_bad_files_are_clear_engine_errors(gguf_f32, tmp_path):
