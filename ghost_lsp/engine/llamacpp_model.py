@@ -40,7 +40,7 @@ def import_llama_cpp():
     global _log_callback
     try:
         import llama_cpp as lc
-    except (ImportError, OSError) as e:  # OSError: the package is there but its libllama is not
+    except (ImportError, OSError, RuntimeError) as e:  # the package is there but its libllama is not
         raise EngineError(MISSING if isinstance(e, ImportError) else f"{MISSING} ({e})") from None
     with _setup_lock:
         if _log_callback is None:
