@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import logging
+import re
 import threading
 import weakref
 from pathlib import Path
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 MISSING = 'a .gguf model runs on llama.cpp, which is not installed: pip install "ghost-lsp[llama]"'
 ATTR_UNUSED, ATTR_CONTROL = 1 << 1, 1 << 3  # llama_token_attr
-GGML_TYPE_F32 = 0
+GGML_TYPE_F32, FLASH_ATTN_DISABLED = 0, 0
 
 _setup_lock = threading.Lock()
 _log_callback = None  # the ctypes callback must outlive every call into llama.cpp
@@ -50,8 +51,8 @@ def import_llama_cpp():
             def route(level, text, _user):
                 msg = (text or b"").decode("utf-8", "replace").rstrip()
                 if msg:
-                    if level == 3:  # GGML_LOG_LEVEL_ERROR
-                        _errors.append(msg)
+                    if level == 4:  # GGML_LOG_LEVEL_ERROR (ggml.h: none, debug, info, warn, error, cont)
+                        _errors.append(re.sub(r"^\w+: ", "", msg))  # without the C function's name
                     llama_log.debug("%s", msg)
 
             _log_callback = route
@@ -61,13 +62,14 @@ def import_llama_cpp():
 
 
 def last_errors() -> str:
-    return "; ".join(dict.fromkeys(_errors))
+    return "; ".join(e for e in dict.fromkeys(_errors) if e != "failed to load model")
 
 
 class GgufModel:
     """The model, its vocabulary and a context of `n_ctx` positions (the model's trained length
-    capped at `max_context` when not given). `kv_f32` keeps the KV cache in f32 (f16 by default):
-    exact agreement with an fp32 reference, at twice the memory."""
+    capped at `max_context` when not given). `kv_f32` keeps the KV cache in f32 (f16 by default)
+    and attention off flash attention: an f32 GGUF then gives an fp32 reference's log-probs to
+    ~1e-5, at twice the KV memory and slower attention."""
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, max_context: int = 4096,
                  threads: int | None = None, n_batch: int = 512, kv_f32: bool = False):
@@ -88,8 +90,9 @@ class GgufModel:
         cp.n_batch = cp.n_ubatch = self.n_batch = min(n_ctx, n_batch)
         if threads:
             cp.n_threads = cp.n_threads_batch = threads
-        if kv_f32:
+        if kv_f32:  # flash attention's CPU kernel rounds through f16 too (6e-3 in log-probs, measured)
             cp.type_k = cp.type_v = GGML_TYPE_F32
+            cp.flash_attn_type = FLASH_ATTN_DISABLED
         ctx = lc.llama_init_from_model(model, cp)
         if not ctx:
             lc.llama_model_free(model)
