@@ -167,6 +167,30 @@ def test_drafts_verify_in_one_pass_and_change_nothing(engine):
     assert info["draft_accepted"] > 0 and info["decode_calls"] < plain.decode_info["decode_calls"]
 
 
+def test_a_q8_0_model_prefills_many_tokens_at_once(tiny_hf_llama, tmp_path):
+    # On an AMX CPU llama.cpp's repacked q8_0 layout crashed (SIGSEGV) in batches of more than
+    # one token; the engine turns it off there (llamacpp_model.py). A subprocess: a crash fails
+    # this test instead of ending pytest.
+    needs_llama_cpp()
+    from ghost_lsp.tools.bench import peer_models as pm
+
+    hf = pm.build_random_llama(tmp_path / "hf", tiny_hf_llama / "tokenizer.json", 256, hidden_size=64,
+                               intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2)
+    info = pm.write_gguf(hf, tmp_path / "m-q8.gguf", "q8_0", tokenizer_json=tiny_hf_llama / "tokenizer.json")
+    assert not info["fallback_f16"]
+    code = ("import sys; from ghost_lsp.engine.loading import load_local; from ghost_lsp.types import SamplingParams; "
+            f"e = load_local({str(tmp_path / 'm-q8.gguf')!r}, intra_op_threads=1); "
+            "c = e.generate(open(sys.argv[1]).read(), SamplingParams(max_new_tokens=4)); "
+            "print(e.model_id, c.prompt_tokens, len(c.token_ids))")
+    src = tmp_path / "prompt.py"
+    src.write_text(LSP_SOURCE * 6)
+    out = subprocess.run([sys.executable, "-c", code, str(src)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    model_id, n_prompt, n_new = out.stdout.split()
+    assert model_id.endswith(":q8_0") and int(n_prompt) > 100 and int(n_new) >= 1
+
+
 def test_bad_files_are_clear_engine_errors(gguf_f32, tmp_path):
     needs_llama_cpp()
     with pytest.raises(EngineError, match="not found"):

@@ -146,13 +146,14 @@ class LlamaCppEngine(LocalModel):
     ignored."""
 
     def __init__(self, path, *, intra_op_threads: int | None = None, max_context: int = 4096,
-                 token_healing: bool = True, reuse_kv: bool = True, kv_f32: bool = False, **ignored):
+                 token_healing: bool = True, reuse_kv: bool = True, kv_f32: bool = False,
+                 extra_bufts: bool | None = None, **ignored):
         if ignored:
             log.debug("llama.cpp engine: options %s do not apply", sorted(ignored))
         file, given = locate(path)
         self.path = file
         self.model = GgufModel(file, max_context=int(given.get("context_length") or max_context),
-                               threads=intra_op_threads, kv_f32=kv_f32)
+                               threads=intra_op_threads, kv_f32=kv_f32, extra_bufts=extra_bufts)
         m = self.model
         texts = [m.text(i) for i in range(m.n_vocab)]
         attrs = [m.attr(i) for i in range(m.n_vocab)]

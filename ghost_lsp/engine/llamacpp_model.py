@@ -72,11 +72,18 @@ class GgufModel:
     ~1e-5, at twice the KV memory and slower attention."""
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, max_context: int = 4096,
-                 threads: int | None = None, n_batch: int = 512, kv_f32: bool = False):
+                 threads: int | None = None, n_batch: int = 512, kv_f32: bool = False,
+                 extra_bufts: bool | None = None):
         lc = self.lc = import_llama_cpp()
         self.path = path
         _errors.clear()
         mp = lc.llama_model_default_params()
+        if extra_bufts is None:
+            extra_bufts = b"AMX_INT8 = 1" not in (lc.llama_print_system_info() or b"")
+        # llama.cpp's repacked/AMX weight layouts: on this project's AMX machine a q8_0 model
+        # crashed (SIGSEGV) in any batch of more than one token with them on (llama-cpp-python
+        # 0.3.36, Llama class too); off, it runs. Auto: off where the CPU has AMX.
+        mp.use_extra_bufts = bool(extra_bufts)
         model = lc.llama_model_load_from_file(str(path).encode(), mp)
         if not model:
             raise EngineError(f"{path}: llama.cpp cannot load it ({last_errors() or 'no reason given'})")
