@@ -48,7 +48,7 @@ def fail(message: str) -> int:
 
 
 def model_help() -> str:
-    return f"model folder (default: $GHOST_LSP_MODEL or {default_model_dir()})"
+    return f"model folder or .gguf file (default: $GHOST_LSP_MODEL or {default_model_dir()})"
 
 
 def add_position_arguments(p: argparse.ArgumentParser, model_help: str) -> None:
@@ -57,4 +57,4 @@ def add_position_arguments(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--line", type=int, required=True, metavar="N", help="1-based line number")
     p.add_argument("--col", type=int, required=True, metavar="N", help="1-based column, in characters")
-    p.add_argument("--model", metavar="DIR", help=model_help)
+    p.add_argument("--model", metavar="PATH", help=model_help)

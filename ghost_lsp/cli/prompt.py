@@ -59,14 +59,23 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     except ValueError as e:
         return common.fail(str(e))
     folder = model_dir(Settings(model=args.model or ""))
+    tok = None
     try:
-        manifest = Manifest.load(folder)
-        tok = Tokenizer.from_file(str(Path(folder) / manifest.tokenizer))
+        from ghost_lsp.engine.llamacpp import wants_llama_cpp
+
+        if wants_llama_cpp(folder):  # a GGUF: its manifest and tokens come from llama.cpp
+            from ghost_lsp.engine.loading import load_local
+
+            engine = load_local(folder)
+            manifest, count = engine.manifest, engine.count_tokens
+        else:
+            manifest = Manifest.load(folder)
+            tok = Tokenizer.from_file(str(Path(folder) / manifest.tokenizer))
+
+            def count(s: str) -> int:
+                return len(tok.encode(s, add_special_tokens=False).ids)
     except Exception as e:  # noqa: BLE001 - any unreadable model folder is a user error here
         return common.fail(f"cannot load the model's manifest/tokenizer from {folder}: {e}")
-
-    def count(s: str) -> int:
-        return len(tok.encode(s, add_special_tokens=False).ids)
 
     names = [n for n in args.providers.split(",") if n]
     unknown = [n for n in names if n not in PROVIDERS]
@@ -91,7 +100,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     budget = max(16, manifest.context_length - args.max_new_tokens)
     prompt, parts = render_parts(template, ctx, count, budget)
     total = count(prompt.text)
-    ngram = None if args.no_ngram else _ngram_report(tok, index, open_docs, req, text, prompt.text)
+    ngram = None if args.no_ngram or tok is None else _ngram_report(tok, index, open_docs, req, text, prompt.text)
     if args.json:
         print(json.dumps({"prompt": prompt.text, "template": prompt.template, "tokens": total, "budget": budget,
                           "parts": [p.__dict__ for p in parts],

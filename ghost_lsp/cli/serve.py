@@ -17,7 +17,7 @@ log = logging.getLogger("ghost_lsp")
 def add_parser(sub, model_help: str) -> argparse.ArgumentParser:
     sp = sub.add_parser("serve", help="run the language server (stdio unless --tcp)")
     sp.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio")
-    sp.add_argument("--model", metavar="DIR", help=model_help)
+    sp.add_argument("--model", metavar="PATH", help=model_help)
     sp.add_argument("--db", metavar="PATH", help="feedback database (default: $XDG_DATA_HOME/ghost-lsp/feedback.db)")
     sp.add_argument("--config", metavar="FILE", help="settings file, TOML or JSON (keys as in README; optional [ghost] table)")
     sp.add_argument("--log-file", metavar="F", help="write logs here (warnings still go to stderr)")

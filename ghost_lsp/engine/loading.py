@@ -1,8 +1,9 @@
-"""The one way to get an engine: the local ONNX model of a folder, or a remote model server
+"""The one way to get an engine: the local ONNX model of a folder, a GGUF model on llama.cpp (a
+.gguf file, or a folder whose manifest says `"engine": "llama.cpp"`), or a remote model server
 when the settings name one (with the local model as its fall-back and token counter).
 
 The language server, `ghost-lsp complete`, the model server, the evals and the benchmarks all
-load here; onnxruntime is imported only when a local model is loaded.
+load here; onnxruntime (or llama_cpp) is imported only when a local model is loaded.
 """
 
 from __future__ import annotations
@@ -17,10 +18,21 @@ from ghost_lsp.engine.remote import RemoteEngine
 log = logging.getLogger(__name__)
 
 
+def is_local_model(path) -> bool:
+    """A model folder (manifest.json) or a .gguf file: something load_local can try."""
+    return path is not None and (Path(path, "manifest.json").is_file()
+                                 or (Path(path).suffix.lower() == ".gguf" and Path(path).is_file()))
+
+
 def load_local(model_dir, **options):
-    """The ONNX engine over a model folder (`options` as OnnxEngine's: providers,
-    intra_op_threads, reuse_kv, ...). EngineError says why it cannot load."""
+    """The local engine of a model folder or .gguf file (`options` as OnnxEngine's: providers,
+    intra_op_threads, reuse_kv, ...; the llama.cpp engine takes those that apply). EngineError
+    says why it cannot load."""
     try:
+        from ghost_lsp.engine.llamacpp import LlamaCppEngine, wants_llama_cpp
+
+        if wants_llama_cpp(model_dir):
+            return LlamaCppEngine(model_dir, **options)
         from ghost_lsp.engine.onnx import OnnxEngine
 
         return OnnxEngine(model_dir, **options)
@@ -43,7 +55,7 @@ def make_remote_engine(settings, model_dir) -> RemoteEngine:
     the served model's folder."""
     token = settings.remote_token or os.environ.get("GHOST_LSP_REMOTE_TOKEN", "")
     fallback = None
-    has_local = model_dir is not None and Path(model_dir, "manifest.json").is_file()
+    has_local = is_local_model(model_dir)
     if settings.remote_fallback and has_local:
         try:
             fallback = load_local(model_dir)

@@ -7,6 +7,10 @@ A model folder holds:
                   outputs logits, present.{i}.key/value)
   tokenizer.json  a `tokenizers` tokenizer
   README.md       the model card (optional for user models)
+
+or, for llama.cpp (engine/llamacpp.py), `"engine": "llama.cpp"` and a `.gguf` file (`gguf`, or
+the folder's one *.gguf) instead of model.onnx + tokenizer.json; every other field may be left
+out, as it is read from the GGUF file (a field given here wins).
 """
 
 from __future__ import annotations
@@ -39,9 +43,21 @@ class Manifest:
     # free-form provenance: corpus, training, validation figures
     info: dict = field(default_factory=dict)
     format: str = FORMAT
+    engine: str = "onnx"  # "onnx" | "llama.cpp"
+    gguf: str = ""  # llama.cpp: the GGUF file in the folder ("" = its one *.gguf)
 
     @classmethod
     def load(cls, folder: str | Path) -> "Manifest":
+        data = cls.read(folder)
+        known = {f for f in cls.__dataclass_fields__}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as e:
+            raise ValueError(f"{Path(folder) / 'manifest.json'}: {e}") from None
+
+    @staticmethod
+    def read(folder: str | Path) -> dict:
+        """The manifest's fields as written (ValueError if it is missing or not ours)."""
         path = Path(folder) / "manifest.json"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -52,14 +68,13 @@ class Manifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{path}: expected format {FORMAT!r}, found {data.get('format')!r}"
                              if isinstance(data, dict) else f"{path}: manifest is not an object")
-        known = {f for f in cls.__dataclass_fields__}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as e:
-            raise ValueError(f"{path}: {e}") from None
+        return data
 
     def save(self, folder: str | Path) -> None:
-        Path(folder, "manifest.json").write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        data = asdict(self)
+        if self.engine == "onnx":  # ONNX folders read as they did before the field existed
+            del data["engine"], data["gguf"]
+        Path(folder, "manifest.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
     @property
     def model_id(self) -> str:

@@ -37,9 +37,11 @@ def serving_folder(s: Settings, root: str | None) -> tuple[Path, bool]:
 
 
 def stamp(folder: Path) -> tuple[int, int, int] | None:
-    """What changes when a model folder is replaced: its manifest's inode, mtime and size."""
+    """What changes when a model folder is replaced: its manifest's (or a .gguf file's) inode,
+    mtime and size."""
     try:
-        st = os.stat(Path(folder, "manifest.json"))
+        path = Path(folder)
+        st = os.stat(path if path.suffix.lower() == ".gguf" else path / "manifest.json")
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size

@@ -179,7 +179,9 @@ class GhostServer(LearnedModel, FramedIO, LanguageServer):
         return self._load_task
 
     async def _load(self, folder) -> None:
-        self.completer.engine = None
+        # Requests wait for this load (engine_ready); the engine answering so far stays in place
+        # until a new one is ready, and keeps answering if the new one does not load.
+        previous = self.completer.engine
         learned = folder == self.serving_folder()[0] and self.serving_folder()[1]
         try:
             engine = await asyncio.to_thread(_load_engine, folder, self.settings)
@@ -187,8 +189,12 @@ class GhostServer(LearnedModel, FramedIO, LanguageServer):
             cause = str(e) if str(folder) in str(e) else f"{folder}: {e}"
             if learned and await self.serve_base_instead(folder, cause):
                 return
-            self.tell(f"model not loaded: {cause}. No suggestions until this is fixed.", types.MessageType.Error)
             self._load_failed_at = time.monotonic()
+            if previous is not None:
+                self.tell(f"model not loaded: {cause}; still serving {previous.model_id}", types.MessageType.Error)
+                return
+            self.completer.engine = None
+            self.tell(f"model not loaded: {cause}. No suggestions until this is fixed.", types.MessageType.Error)
             return
         if self._load_failed_at is not None:
             log.warning("model loaded from %s after an earlier failure", folder)

@@ -91,6 +91,12 @@ class Server:
         from ghost_lsp.engine.loading import load_local
 
         try:
+            from ghost_lsp.engine.llamacpp import wants_llama_cpp
+
+            if wants_llama_cpp(self.config.model_dir):  # the batcher runs ONNX decoders only
+                raise ValueError(f"{self.config.model_dir}: serve-model runs ONNX model folders; serve a GGUF "
+                                 "model with llama.cpp's own server (python -m llama_cpp.server --model FILE.gguf, "
+                                 "the llama extra) and point remote_url at it")
             engine = load_local(self.config.model_dir, providers=self.config.providers,
                                 intra_op_threads=self.config.threads, reuse_kv=False)
         except Exception as e:  # noqa: BLE001 - reported on /ready and in the log

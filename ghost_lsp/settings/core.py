@@ -42,7 +42,7 @@ DEFAULT_EXCLUDE = (
 @dataclass(frozen=True)
 class Settings:
     enabled: bool = True
-    # Model folder; "" = $GHOST_LSP_MODEL, else the shipped model (paths.SHIPPED_MODEL).
+    # Model folder or .gguf file (llama.cpp); "" = $GHOST_LSP_MODEL, else the shipped model (paths.SHIPPED_MODEL).
     model: str = ""
     # Feedback database; "" = $XDG_DATA_HOME/ghost-lsp/feedback.db.
     db: str = ""
