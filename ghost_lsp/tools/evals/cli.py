@@ -371,35 +371,20 @@ def add_eval_parsers(sub) -> argparse.ArgumentParser:
     add_common_arguments(p, model=False)
     p.set_defaults(func=cmd_report)
 
-    from ghost_lsp.tools.evals import holes
+    import importlib
 
-    p = esub.add_parser("holes", help="blank function bodies of a held-out project, fill them, run its tests")
-    holes.add_arguments(p)
-    p.set_defaults(func=holes.main_args)
-
-    from ghost_lsp.tools.evals import loops
-
-    p = esub.add_parser("loops", help="loop rate before/after filters, early stop, ranking, penalty sweep")
-    loops.add_arguments(p)
-    p.set_defaults(func=loops.main_args)
-
-    from ghost_lsp.tools.evals import ngram
-
-    p = esub.add_parser("ngram", help="next line with the workspace n-gram cache off vs on, and speculative drafts")
-    ngram.add_arguments(p)
-    p.set_defaults(func=ngram.main_args)
-
-    from ghost_lsp.tools.evals import keystrokes
-
-    p = esub.add_parser("keystrokes", help="keystrokes saved: a simulated user types held-out lines, taking "
-                                           "ghost text with Tab when it is right")
-    keystrokes.add_arguments(p)
-    p.set_defaults(func=keystrokes.main_args)
-
-    from ghost_lsp.tools.evals import learn
-
-    p = esub.add_parser("learn", help="`ghost-lsp learn` on held-out projects: learn on 70 %% of the files for "
-                                      "each budget, type the other 30 %% through the server (needs [train])")
-    learn.add_arguments(p)
-    p.set_defaults(func=learn.main_args)
+    # the evals that live in their own module: (name, help); each has add_arguments and main_args
+    for name, help_ in (
+        ("holes", "blank function bodies of a held-out project, fill them, run its tests"),
+        ("loops", "loop rate before/after filters, early stop, ranking, penalty sweep"),
+        ("ngram", "next line with the workspace n-gram cache off vs on, and speculative drafts"),
+        ("keystrokes", "keystrokes saved: a simulated user types held-out lines, taking ghost text with Tab "
+                       "when it is right"),
+        ("learn", "`ghost-lsp learn` on held-out projects: learn on 70 %% of the files for each budget, type "
+                  "the other 30 %% through the server (needs [train])"),
+    ):
+        mod = importlib.import_module(f"ghost_lsp.tools.evals.{name}")
+        p = esub.add_parser(name, help=help_)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.main_args)
     return ep
