@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ghost_lsp.engine.sampling import masked_argmax
+
 # Context lengths 1..8 (9-grams at most). Code repeats long spans (call chains, argument lists,
 # whole statements): on packaging + pluggy + pyflakes (300 positions, neither trained on nor
 # held out) the mix's edit-similarity gain was +25 % at 4, +33 % at 6, +37 % at 8, +37 % at 10.
@@ -196,26 +198,77 @@ class NgramModel:
             return toks[0], cnts[0]
         return np.concatenate(toks), np.concatenate(cnts)
 
+    def _orders(self) -> list[list[tuple]]:
+        """Per context length: each tier's (hashes, offsets, next tokens, counts, weight), built
+        once per snapshot so a decode step's look-ups touch no attributes."""
+        got = getattr(self, "_by_order", None)
+        if got is None or got[0] is not self.tiers:
+            got = self._by_order = (self.tiers, [[(*t.orders[k], w) for t, w in self.tiers]
+                                                 for k in range(MAX_CONTEXT)])
+        return got[1]
+
     def estimate(self, context: list[int]) -> Estimate | None:
         """Interpolated Witten-Bell estimate of the next token, or None if the cache never saw
         the last token followed by anything. Computed over the tokens seen after the last token
-        only (every longer context's continuations are among them)."""
-        support, probs, est = None, None, None
-        for k, h in enumerate(context_hashes(context, MAX_CONTEXT), 1):
-            nxt, c = self.counts(context, k, h)
-            if not len(nxt):
+        only (every longer context's continuations are among them).
+
+        Per decode step: one binary search per context length and table, then the counts of
+        every length and table weighted and binned in one matrix (one bincount: each bin sums
+        its tables in the same order as a bincount per length would), then the recursion
+        p_k = (c_k + u_k p_{k-1}) / (C_k + u_k) row by row in place. The same float operations
+        as one length at a time (tests/test_decode_reference.py holds it to that form), in a
+        few numpy calls instead of a dozen per length."""
+        hashes = context_hashes(context, MAX_CONTEXT)
+        if not hashes:
+            return None
+        queries = np.array(hashes, dtype=np.uint64)
+        orders = self._orders()
+        toks, cnts, weights, sizes, rows = [], [], [], [], []
+        n_orders = 0
+        for k in range(len(hashes)):
+            q, seen = queries[k], False
+            for uh, offsets, nxt, counts, w in orders[k]:
+                i = uh.searchsorted(q)
+                if i < len(uh) and uh[i] == q:
+                    lo, hi = offsets[i], offsets[i + 1]
+                    toks.append(nxt[lo:hi])
+                    cnts.append(counts[lo:hi])
+                    weights.append(w)
+                    sizes.append(hi - lo)
+                    rows.append(k)
+                    seen = True
+            if not seen:
                 break  # a longer context cannot have been seen either
-            if support is None:
-                support, idx = np.unique(nxt, return_inverse=True)
-            else:
-                idx = np.searchsorted(support, nxt)
-            dense = np.bincount(idx, weights=c, minlength=len(support))
-            total = float(dense.sum())
+            n_orders = k + 1
+        if not n_orders:
+            return None
+        first = sum(size for size, row in zip(sizes, rows) if row == 0)
+        if len(toks) > 1:
+            toks, cnts = np.concatenate(toks), np.concatenate(cnts)
+            # each table's counts times its weight, in float32 as count * weight per table would be
+            cnts = cnts * np.repeat(np.array(weights, dtype=np.float32), sizes)
+        else:
+            toks, cnts = toks[0], cnts[0] * weights[0]
+        support = np.unique(toks[:first])  # the tokens seen after the last token
+        idx = np.searchsorted(support, toks)  # (on the first rows: np.unique's inverse)
+        width = len(support)
+        if n_orders > 1:
+            idx += np.repeat(np.array(rows, dtype=np.intp) * width, sizes)
+        dense = np.bincount(idx, weights=cnts, minlength=n_orders * width).reshape(n_orders, width)
+        totals = dense.sum(axis=1).tolist()
+        distincts = np.count_nonzero(dense, axis=1).tolist()
+        probs, est = None, None
+        for k in range(n_orders):
+            total, distinct = totals[k], distincts[k]
             if total <= 0:
                 break
-            distinct = int(np.count_nonzero(dense))
-            probs = dense / total if probs is None else (dense + distinct * probs) / (total + distinct)
-            est = (k, total, distinct)
+            if probs is None:
+                probs = dense[k] / total
+            else:  # (dense + distinct * probs) / (total + distinct), in place
+                np.multiply(probs, distinct, out=probs)
+                np.add(dense[k], probs, out=probs)
+                np.divide(probs, total + distinct, out=probs)
+            est = (k + 1, total, distinct)
         if probs is None:
             return None
         keep = support < self.vocab_size if self.vocab_size else slice(None)
@@ -243,11 +296,7 @@ class NgramModel:
         if stats is not None:
             stats.matched += 1
             stats.lambda_sum += lam
-            if mask is not None:
-                changed = np.argmax(np.where(mask, x, -np.inf)) != np.argmax(np.where(mask, scores, -np.inf))
-            else:
-                changed = np.argmax(x) != np.argmax(scores)
-            stats.changed += bool(changed)
+            stats.changed += bool(masked_argmax(x, mask) != masked_argmax(scores, mask))
         return scores
 
     def draft(self, context: list[int], max_tokens: int, min_share: float = 0.5) -> list[int]:

@@ -5,7 +5,8 @@ The same held-out prompts run twice, each cold (no KV reuse): through the whole 
 settings) and through the bare engine (no adaptation, greedy, no stop checks), with the same token
 budget. Each step's time inside the model's runs (`decode_info["model_ms"]`) is split from the
 rest of the decode loop; the rest, per token, is the pipeline's overhead. Reported as medians over
-the requests, and as a share of the model step.
+the requests (their number and the tokens decoded), and the overhead as a percentage of the model
+step: of the two medians, and the median of each request's own percentage.
 """
 
 from __future__ import annotations
@@ -76,8 +77,10 @@ def section_pipeline(model_dir: Path, package: str, threads: int, positions: int
     def row(xs):
         model = _median([x[0] for x in xs])
         over = _median([x[1] for x in xs])
-        return {"model_ms_per_step": round(model, 3), "overhead_ms_per_token": round(over, 3),
-                "overhead_share_of_step": round(over / model, 3) if model else None}
+        return {"model_ms_per_step": model, "overhead_ms_per_token": over,
+                "overhead_pct_of_step": round(100 * over / model, 1) if model else None,
+                "overhead_pct_per_request": _median([100 * x[1] / x[0] for x in xs if x[0]]),
+                "tokens": sum(x[2] for x in xs)}
 
     return {"row": "pipeline", "requests": len(full), "completer": row(full) if full else None,
             "bare_engine": row(bare) if bare else None}

@@ -50,10 +50,11 @@ def _table(results: list[dict]) -> str:
                        f"greedy agreement {r['greedy_token_agreement']}")
         elif kind == "pipeline":
             c, b = r["completer"], r["bare_engine"]
-            out.append(f"{kind:<13} {r['requests']} requests: model step {c['model_ms_per_step']} ms; "
+            out.append(f"{kind:<13} {r['requests']} requests (medians), model step {c['model_ms_per_step']} ms; "
                        f"overhead per token: completer {c['overhead_ms_per_token']} ms "
-                       f"({c['overhead_share_of_step']} of a step), bare engine {b['overhead_ms_per_token']} ms "
-                       f"({b['overhead_share_of_step']})" if c and b else f"{kind:<13} no request measured")
+                       f"({c['overhead_pct_of_step']} % of a step; per request {c['overhead_pct_per_request']} %; "
+                       f"{c['tokens']} tokens), bare engine {b['overhead_ms_per_token']} ms "
+                       f"({b['overhead_pct_of_step']} %)" if c and b else f"{kind:<13} no request measured")
         elif kind == "quantization":
             a, b = r["onnx_fp32"], r["onnx_int8"]
             out.append(f"{kind:<13} fp32 {a['ms_per_token']:.3f} ms/token, {a['prefill_ms']:.1f} ms prefill, "
