@@ -83,32 +83,32 @@ def slow_choose(logits, *, temperature=0.0, top_p=1.0, counts=None, frequency_pe
     return _draw(probs, top_p, (rng or np.random.default_rng()).random())
 
 
-def _model(rng: np.random.Generator, vocab: int = 60) -> NgramModel:
-    """Tiers over token streams that repeat themselves (so long contexts are seen)."""
+def _model(rng: np.random.Generator, vocab: int = 60, weights=(1.0, 2.0, 4.0), length: int = 40,
+           repeat: float = 0.7) -> NgramModel:
+    """Tiers over token streams that repeat themselves (so long contexts are seen). Integral
+    weights and small supports take the estimate's Python path, the rest its numpy path."""
     def doc(n):
-        base = rng.integers(0, vocab + 4, size=rng.integers(5, 40))  # a few ids past the vocabulary
-        return np.concatenate([base if rng.random() < 0.7 else rng.integers(0, vocab, size=len(base))
+        base = rng.integers(0, vocab + 4, size=rng.integers(5, length))  # a few ids past the vocabulary
+        return np.concatenate([base if rng.random() < repeat else rng.integers(0, vocab, size=len(base))
                                for _ in range(n)]).astype(np.int32)
-    tiers = [(NgramTable([doc(6) for _ in range(3)]), 1.0), (NgramTable([doc(4)]), 2.0), (NgramTable([doc(3)]), 4.0)]
+    tables = [NgramTable([doc(6) for _ in range(3)]), NgramTable([doc(4)]), NgramTable([doc(3)])]
+    tiers = list(zip(tables, weights))
     return NgramModel(tiers[: rng.integers(1, 4)], vocab_size=vocab, weight=0.6)
 
 
 def test_estimate_and_mix_equal_the_one_length_at_a_time_form():
     rng = np.random.default_rng(0)
-    vocab = 60
-    allowed = np.ones(vocab, dtype=bool)
-    allowed[[3, 17]] = False
-    allowed.flags.writeable = False
-    seen = 0
-    for _ in range(40):
-        model = _model(rng, vocab)
-        docs = [t for table, _ in model.tiers for t in [table]]
-        assert docs
+    seen, sizes = 0, []
+    for case in range(60):
+        big = case % 3 == 2  # supports of a hundred tokens and more: the numpy path
+        vocab = 150 if big else 60
+        allowed = np.ones(vocab, dtype=bool)
+        allowed[[3, 17]] = False
+        allowed.flags.writeable = False
+        model = _model(rng, vocab, (1.0, 2.0, 4.0) if case % 2 else (0.5, 1.5, 3.0), 2000 if big else 40,
+                       0.0 if big else 0.7)
         for _ in range(30):
-            table = model.tiers[rng.integers(len(model.tiers))][0]
-            k = int(rng.integers(0, 12))
-            # contexts from the tables' own streams (seen) and random ones (mostly unseen)
-            context = list(rng.integers(0, vocab, size=k + 1))
+            context = [int(x) for x in rng.integers(0, vocab, size=int(rng.integers(1, 12)))]
             est_fast, est_slow = model.estimate(context), slow_estimate(model, context)
             if est_slow is None:
                 assert est_fast is None
@@ -118,13 +118,13 @@ def test_estimate_and_mix_equal_the_one_length_at_a_time_form():
                     assert np.array_equal(getattr(est_fast, f), getattr(est_slow, f))
                 assert (est_fast.order, est_fast.total, est_fast.distinct, est_fast.confidence) == \
                     (est_slow.order, est_slow.total, est_slow.distinct, est_slow.confidence)
+                sizes.append(len(est_slow.tokens))
             logits = rng.normal(size=vocab).astype(np.float32) * 3
             for mask in (None, allowed, np.asarray(allowed).copy()):
                 a, b = MixStats(), MixStats()
                 fast, slow = model.mix(logits.copy(), context, mask, a), slow_mix(model, logits.copy(), context, mask, b)
                 assert np.array_equal(fast, slow) and a == b
-        del table
-    assert seen > 100
+    assert seen > 300 and max(sizes) > 64 and min(sizes) <= 64  # both paths
 
 
 def test_estimate_matches_on_contexts_the_cache_has_seen_at_every_length():

@@ -136,6 +136,47 @@ class NgramTable:
         return float(c[nxt == token].sum())
 
 
+# Supports up to this many entries after the last token: the estimate's sums and recursion in
+# Python floats. A decode step runs right after the model, when numpy's code and data are out
+# of the caches: there a dozen small numpy calls cost more than the arithmetic in Python.
+_SMALL = 64
+
+
+def _small_estimate(toks: list, cnts: list, weights: list, rows: list, n_orders: int):
+    """(support, probs, (order, total, distinct)) from the look-ups, in Python floats: the same
+    IEEE operations, in the same order, as the numpy path (whose sums of integral counts are
+    exact in any order); None where a token after a longer context is not in the support (only
+    a hash collision does that: the numpy path decides then)."""
+    lists = [t.tolist() for t in toks]
+    support = sorted({x for t, r in zip(lists, rows) if r == 0 for x in t})
+    pos = {x: i for i, x in enumerate(support)}
+    width = len(support)
+    dense = [[0.0] * width for _ in range(n_orders)]
+    for t, c, w, r in zip(lists, cnts, weights, rows):
+        row = dense[r]
+        for x, v in zip(t, c.tolist()):
+            i = pos.get(x)
+            if i is None:
+                return None
+            row[i] += v * w
+    probs, est = None, None
+    for k in range(n_orders):
+        row = dense[k]
+        total = sum(row)
+        if total <= 0:
+            break
+        distinct = width - row.count(0.0)
+        if probs is None:
+            probs = [v / total for v in row]
+        else:
+            d = total + distinct
+            probs = [(v + distinct * p) / d for v, p in zip(row, probs)]
+        est = (k + 1, total, distinct)
+    if probs is None:
+        return None
+    return np.array(support, dtype=np.int32), np.array(probs, dtype=np.float64), est
+
+
 @dataclass
 class Estimate:
     """The cache's view of the next token: a distribution over the tokens it has seen follow the
@@ -224,10 +265,11 @@ class NgramModel:
         queries = np.array(hashes, dtype=np.uint64)
         orders = self._orders()
         toks, cnts, weights, sizes, rows = [], [], [], [], []
-        n_orders = 0
+        n_orders, alive = 0, range(len(self.tiers))
         for k in range(len(hashes)):
-            q, seen = queries[k], False
-            for uh, offsets, nxt, counts, w in orders[k]:
+            q, seen = queries[k], []
+            for j in alive:
+                uh, offsets, nxt, counts, w = orders[k][j]
                 i = uh.searchsorted(q)
                 if i < len(uh) and uh[i] == q:
                     lo, hi = offsets[i], offsets[i + 1]
@@ -236,13 +278,20 @@ class NgramModel:
                     weights.append(w)
                     sizes.append(hi - lo)
                     rows.append(k)
-                    seen = True
+                    seen.append(j)
             if not seen:
-                break  # a longer context cannot have been seen either
-            n_orders = k + 1
+                break
+            # a table that never saw the k-token context never saw a longer one (the longer
+            # context's position holds the shorter one too): only a hash collision could differ
+            n_orders, alive = k + 1, seen
         if not n_orders:
             return None
         first = sum(size for size, row in zip(sizes, rows) if row == 0)
+        if first <= _SMALL and self._exact_in_python():
+            got = _small_estimate(toks, cnts, weights, rows, n_orders)
+            if got is not None:
+                support, probs, est = got
+                return self._estimate_of(support, probs, est)
         if len(toks) > 1:
             toks, cnts = np.concatenate(toks), np.concatenate(cnts)
             # each table's counts times its weight, in float32 as count * weight per table would be
@@ -271,10 +320,22 @@ class NgramModel:
             est = (k + 1, total, distinct)
         if probs is None:
             return None
+        return self._estimate_of(support, probs, est)
+
+    def _estimate_of(self, support: np.ndarray, probs: np.ndarray, est: tuple) -> Estimate:
         keep = support < self.vocab_size if self.vocab_size else slice(None)
         k, total, distinct = est
         return Estimate(support[keep], probs[keep], k, total, distinct, total / (total + distinct) * k / MAX_CONTEXT,
                         self.vocab_size)
+
+    def _exact_in_python(self) -> bool:
+        """Whether every weighted count is an integer below 2^24 (integral weights up to 16,
+        tables under 2^20 tokens), so float32 products and float64 sums of them are exact."""
+        got = getattr(self, "_integral", None)
+        if got is None or got[0] is not self.tiers:
+            ok = all(float(w).is_integer() and 0 <= w <= 16 and t.tokens < 1 << 20 for t, w in self.tiers)
+            got = self._integral = (self.tiers, ok)
+        return got[1]
 
     def mix(self, logits: np.ndarray, context: list[int], mask: np.ndarray | None = None,
             stats: MixStats | None = None) -> np.ndarray:
@@ -287,7 +348,8 @@ class NgramModel:
             return logits
         lam = self.weight * est.confidence
         x = np.asarray(logits, dtype=np.float32)  # float32 as sampling.py (float64 exp is slow)
-        m = x.max()
+        top = int(np.argmax(x))
+        m = x[top]  # x.max(), without a second pass
         lse = m + np.log(np.exp(x - m).sum())
         # log((1 - λ) p) everywhere, then the cache's tokens get their mixed mass
         scores = x - np.float32(lse - np.log1p(-lam))
@@ -296,7 +358,7 @@ class NgramModel:
         if stats is not None:
             stats.matched += 1
             stats.lambda_sum += lam
-            stats.changed += bool(masked_argmax(x, mask) != masked_argmax(scores, mask))
+            stats.changed += bool(masked_argmax(x, mask, top) != masked_argmax(scores, mask))
         return scores
 
     def draft(self, context: list[int], max_tokens: int, min_share: float = 0.5) -> list[int]:

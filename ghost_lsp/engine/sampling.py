@@ -63,9 +63,14 @@ def apply_mask(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def masked_argmax(x: np.ndarray, mask: np.ndarray | None) -> int:
-    """argmax(where(mask, x, -inf)): the first of equal maxima, as np.argmax."""
-    return int(np.argmax(x if mask is None else apply_mask(x, mask)))
+def masked_argmax(x: np.ndarray, mask: np.ndarray | None, top: int | None = None) -> int:
+    """argmax(where(mask, x, -inf)): the first of equal maxima, as np.argmax. `top`: argmax(x),
+    if known. When the unmasked first maximum is allowed it is the answer (one pass)."""
+    if top is None:
+        top = int(np.argmax(x))
+    if mask is None or mask[top]:
+        return top
+    return int(np.argmax(apply_mask(x, mask)))
 
 
 def apply_penalties(logits: np.ndarray, counts: np.ndarray, frequency_penalty: float,
