@@ -142,11 +142,11 @@ class NgramTable:
 _SMALL = 64
 
 
-def _small_estimate(toks: list, cnts: list, weights: list, rows: list, n_orders: int):
-    """(support, probs, (order, total, distinct)) from the look-ups, in Python floats: the same
-    IEEE operations, in the same order, as the numpy path (whose sums of integral counts are
-    exact in any order); None where a token after a longer context is not in the support (only
-    a hash collision does that: the numpy path decides then)."""
+def _small_estimate(toks: list, cnts: list, weights: list, rows: list, n_orders: int, vocab_size: int):
+    """(support below vocab_size, probs, (order, total, distinct)) from the look-ups, in Python
+    floats: the same IEEE operations, in the same order, as the numpy path (whose sums of
+    integral counts are exact in any order); None where a token after a longer context is not
+    in the support (only a hash collision does that: the numpy path decides then)."""
     lists = [t.tolist() for t in toks]
     support = sorted({x for t, r in zip(lists, rows) if r == 0 for x in t})
     pos = {x: i for i, x in enumerate(support)}
@@ -174,6 +174,9 @@ def _small_estimate(toks: list, cnts: list, weights: list, rows: list, n_orders:
         est = (k + 1, total, distinct)
     if probs is None:
         return None
+    if vocab_size and support[-1] >= vocab_size:  # ids past the model's vocabulary: dropped
+        probs = [p for x, p in zip(support, probs) if x < vocab_size]
+        support = [x for x in support if x < vocab_size]
     return np.array(support, dtype=np.int32), np.array(probs, dtype=np.float64), est
 
 
@@ -288,10 +291,11 @@ class NgramModel:
             return None
         first = sum(size for size, row in zip(sizes, rows) if row == 0)
         if first <= _SMALL and self._exact_in_python():
-            got = _small_estimate(toks, cnts, weights, rows, n_orders)
+            got = _small_estimate(toks, cnts, weights, rows, n_orders, self.vocab_size)
             if got is not None:
-                support, probs, est = got
-                return self._estimate_of(support, probs, est)
+                support, probs, (k, total, distinct) = got
+                return Estimate(support, probs, k, total, distinct, total / (total + distinct) * k / MAX_CONTEXT,
+                                self.vocab_size)
         if len(toks) > 1:
             toks, cnts = np.concatenate(toks), np.concatenate(cnts)
             # each table's counts times its weight, in float32 as count * weight per table would be
