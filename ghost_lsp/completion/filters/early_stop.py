@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 
 from ghost_lsp.completion.filters.cycles import _PERIODIC, repeated_lines
-from ghost_lsp.completion.filters.lexical import _LEX, _indent, _norm, _substantial, context_scan
+from ghost_lsp.completion.filters.lexical import _LEX, _indent, _norm, _substantial, code_mask_after, context_scan
 from ghost_lsp.completion.filters.structure import _brace_block_end
 from ghost_lsp.languages import BRACE_LANGUAGES
 from ghost_lsp.settings.filters import FilterSettings
@@ -76,10 +76,14 @@ class StopCheck:
         if not text.startswith(self._text):
             self._reset()
         self._text = text
-        if self._check(text):
+        try:
+            fired = self._check(text)
+        except Exception:
+            self._reset()  # a rule that raised may have left its state half updated
+            raise
+        if fired:
             self._reset()
-            return True
-        return False
+        return fired
 
     def _check(self, text: str) -> bool:
         if not text.strip():
@@ -265,8 +269,6 @@ class StopCheck:
             state._step(full, i, len(full), syn)
             i = state._i
         if i != target:  # not a step boundary after all: the one-pass mask decides
-            from ghost_lsp.completion.filters.lexical import code_mask_after
-
             return code_mask_after(self.ctx.prefix[-2000:], text, self.ctx.language)[first]
         self._scan = (i, state)
         return not (state.quote is not None or state.block or state.line_comment)

@@ -2,11 +2,13 @@
 
 The same held-out prompts run twice, each cold (no KV reuse): through the whole `Completer`
 (n-gram mixing, early-stop checks, healing, sampling, filters, ranking — the server's default
-settings) and through the bare engine (no adaptation, greedy, no stop checks), with the same token
-budget. Each step's time inside the model's runs (`decode_info["model_ms"]`) is split from the
-rest of the decode loop; the rest, per token, is the pipeline's overhead. Reported as medians over
-the requests (their number and the tokens decoded), and the overhead as a percentage of the model
-step: of the two medians, and the median of each request's own percentage.
+settings but prompt-lookup drafts, so that each step is one model call) and through the bare
+engine (no adaptation, greedy, no stop checks), with the same token budget. Each step's time
+inside the model's runs (`decode_info["model_ms"]`) is split from the rest of the decode loop;
+the rest, per token, is the pipeline's overhead. Reported as medians over the requests (their
+number and the tokens decoded), and the overhead as a percentage of the model step: of the two
+medians, and the median of each request's own percentage. `--draft-tokens N` also runs each
+request with drafts, side by side.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def section_pipeline(model_dir: Path, package: str, threads: int, positions: int
         return real_generate(prompt, *a, **kw)
 
     rec.generate = remember
-    comp = Completer(rec, Settings(debounce_ms=0, feedback=False, context_providers=()))
+    # drafts off: each decode step is one model call, so "overhead per model step" means one thing
+    comp = Completer(rec, Settings(debounce_ms=0, feedback=False, context_providers=(), draft_tokens=0))
     drafted = Completer(rec, Settings(debounce_ms=0, feedback=False, context_providers=(),
                                       draft_tokens=draft_tokens)) if draft_tokens > 0 else None
     full, bare, pairs = [], [], []
