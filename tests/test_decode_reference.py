@@ -218,3 +218,19 @@ def test_the_text_decoded_a_token_at_a_time_is_the_one_shot_decoding():
             gen.take(tok)
             one_shot = codecs.getincrementaldecoder("utf-8")("replace").decode(gen.generated[len(healed):], final=False)
             assert gen.text() == one_shot
+
+
+def test_stop_search_from_where_the_last_one_ended():
+    from ghost_lsp.engine.decode import first_stop
+
+    rng = random.Random(7)
+    for _ in range(300):
+        stops = rng.sample(["\n\n", "def ", "\nclass", "#", "ab"], rng.randint(1, 3))
+        text, seen = "", 0
+        for _ in range(30):
+            text += rng.choice(["a", "b", "\n", "de", "f ", "#", "\nclass", "x"])
+            cut = first_stop(text, stops, seen)
+            assert cut == first_stop(text, stops)
+            if cut >= 0:
+                break
+            seen = len(text)

@@ -67,7 +67,7 @@ class Generation:
         frequency and presence penalties)."""
         return choose_token(scores, temperature=params.temperature, top_p=params.top_p, counts=self.counts,
                             frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty,
-                            mask=mask, rng=self.rng)
+                            mask=mask, rng=self.rng if params.temperature > 0.0 else None)
 
     def take(self, tok: int) -> bool:
         """Record a chosen token (not end-of-text); True once the healed tail is re-spelled and
@@ -103,6 +103,8 @@ class Generation:
         return [len(self.generated[h:b].decode("utf-8", "ignore")) if b > h else 0 for b in self.starts[:n]]
 
 
-def first_stop(text: str, stops: list[str]) -> int:
-    """Where the first stop sequence starts in `text`, or -1."""
-    return min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+def first_stop(text: str, stops: list[str], seen: int = 0) -> int:
+    """Where the first stop sequence starts in `text`, or -1. `seen`: a prefix of `text` already
+    searched without a hit (the decode loop's text only grows): only matches ending after it
+    are looked for."""
+    return min((i for i in (text.find(s, max(0, seen - len(s) + 1)) for s in stops) if i >= 0), default=-1)

@@ -208,7 +208,11 @@ def choose_token(logits: np.ndarray, *, temperature: float = 0.0, top_p: float =
     if temperature <= 0.0:
         tok = int(np.argmax(penalised))
         if penalised is raw:  # the maximum is the chosen token's own score: no second pass for it
-            return tok, float(raw[tok] - raw[tok] - np.log(np.sum(np.exp(raw - raw[tok]))))
+            m = raw[tok]
+            if raw is not logits:  # our own copy: shift and exponentiate it in place
+                np.subtract(raw, m, out=raw)
+                return tok, float(m - m - np.log(np.sum(np.exp(raw, out=raw))))
+            return tok, float(m - m - np.log(np.sum(np.exp(raw - m))))
         return tok, token_logprob(raw, tok)
     probs = softmax(penalised / np.float32(temperature))
     if rng is None:

@@ -66,6 +66,7 @@ class StopCheck:
         self._changed_from = 0
         self._line_counts: dict[str, int] = {}  # recurring: finished lines
         self._line_at = 0                       # where the first unfinished line starts
+        self._twice = False                     # some finished line was seen twice
         self._phrases: dict[tuple[str, ...], int] = {}  # recurring: phrases of finished words
         self._phrase_next = 0
         self._block_at = -1  # end of block: where the first line not yet judged starts (-1: none yet)
@@ -212,12 +213,15 @@ class StopCheck:
                 key = _norm(line)
                 if len(key) >= 8 and _substantial(key, 4):
                     counts[key] = counts.get(key, 0) + 1
-                    if counts[key] >= 3:
-                        return True
+                    if counts[key] >= 2:
+                        self._twice = True
+                        if counts[key] >= 3:
+                            return True
             self._line_at = end + 1
-        key = _norm(text[self._line_at:])
-        if len(key) >= 8 and _substantial(key, 4) and counts.get(key, 0) >= 2:
-            return True
+        if self._twice and len(text) - self._line_at >= 8:  # a finished line seen twice: the last one may be a third
+            key = _norm(text[self._line_at:])
+            if len(key) >= 8 and _substantial(key, 4) and counts.get(key, 0) >= 2:
+                return True
         words, flags, n = self._lower, self._lower_word, len(self._lower)
         phrases = self._phrases
         for i in range(self._phrase_next, n - _PHRASE):  # phrases of finished words (not the last)
