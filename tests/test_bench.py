@@ -69,3 +69,28 @@ def test_train_section_times_the_real_step_against_the_matmul_peak(tiny_hf_llama
     folder = tiny_model_dir  # its manifest names the PyTorch folder it was exported from
     rows = section_train(folder, batch=1, threads_list=(1,), impls=("compact",))
     assert len(rows) == 1 and rows[0]["row"] == "train" and 0 < rows[0]["share_of_peak"]
+
+
+def test_pipeline_section_summaries():
+    from ghost_lsp.tools.bench.pipeline import _drafts, _split
+    from ghost_lsp.tools.bench.speed import _table
+    from ghost_lsp.types import Candidate
+
+    def cand(tokens, decode_ms, model_ms, calls, drafted=0, accepted=0):
+        return Candidate(text="x", token_ids=tokens, decode_ms=decode_ms,
+                         decode_info={"decode_calls": calls, "model_ms": model_ms, "draft_tokens": drafted,
+                                      "draft_accepted": accepted})
+
+    off = cand([1, 2, 3, 4], 8.0, 6.0, 4)
+    assert _split(off) == (1.5, 0.5, 4)  # model ms per step, overhead ms per token, tokens
+    on = cand([1, 2, 3, 4], 4.0, 3.0, 1, drafted=6, accepted=3)
+    d = _drafts([(off, on), (off, cand([1, 2, 3, 5], 4.0, 3.0, 2, drafted=2, accepted=1))], 8)
+    assert d["speedup"] == 2.0 and d["identical"] == 0.5 and d["acceptance"] == 0.5
+    assert d["model_calls_per_token_off"] == 1.0 and d["model_calls_per_token_on"] == 0.375
+    row = {"row": "pipeline", "requests": 2, "drafts": d,
+           "completer": {"model_ms_per_step": 1.5, "overhead_ms_per_token": 0.3, "overhead_pct_of_step": 20.0,
+                         "overhead_pct_per_request": 20.0, "tokens": 8},
+           "bare_engine": {"model_ms_per_step": 1.5, "overhead_ms_per_token": 0.1, "overhead_pct_of_step": 6.7,
+                           "overhead_pct_per_request": 6.7, "tokens": 8}}
+    text = _table([row])
+    assert "20.0 % of a step" in text and "drafts of 8" in text and "x2.0" in text

@@ -25,6 +25,7 @@ class Vocabulary:
         self.allowed = ~banned
         if eos_id is not None and eos_id < len(token_bytes):
             self.allowed[eos_id] = True
+        self.allowed.flags.writeable = False  # fixed: sampling.apply_mask remembers its banned ids
         self.healer = Healer(token_bytes, banned) if healing else None
 
     def __len__(self) -> int:
@@ -38,7 +39,17 @@ class Generation:
         self.generated = b""
         self.starts: list[int] = []  # byte offset of each token in `generated`
         self.counts = np.zeros(len(vocab), dtype=np.int32)
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self._rng: np.random.Generator | None = None
+        # the visible text so far, decoded incrementally: bytes fed, the decoder, the text
+        self._fed, self._decoder, self._text = len(healed), None, ""
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """Made on first use: greedy decoding never draws (making one costs ~40 µs a request)."""
+        if self._rng is None:
+            self._rng = np.random.default_rng(self.seed)
+        return self._rng
 
     def mask(self) -> np.ndarray:
         """The tokens allowed next: while the healed tail is not re-spelled, only those that
@@ -47,7 +58,7 @@ class Generation:
             return self.vocab.allowed
         mask = self.vocab.healer.mask(self.remaining)
         if not mask.any():  # nothing spells R: give up healing (never seen in practice)
-            self.remaining, self.generated = b"", self.healed
+            self.remaining, self.generated, self._decoder = b"", self.healed, None
             return self.vocab.allowed
         return mask
 
@@ -56,7 +67,7 @@ class Generation:
         frequency and presence penalties)."""
         return choose_token(scores, temperature=params.temperature, top_p=params.top_p, counts=self.counts,
                             frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty,
-                            mask=mask, rng=self.rng)
+                            mask=mask, rng=self.rng if params.temperature > 0.0 else None)
 
     def take(self, tok: int) -> bool:
         """Record a chosen token (not end-of-text); True once the healed tail is re-spelled and
@@ -70,8 +81,15 @@ class Generation:
 
     def text(self) -> str:
         """The text after the healed tail, holding back an incomplete trailing character (it may
-        finish next step)."""
-        return codecs.getincrementaldecoder("utf-8")("replace").decode(self.generated[len(self.healed):], final=False)
+        finish next step). Decoded incrementally (only the new bytes each step): UTF-8's
+        incremental decoder gives the same text however the bytes are split."""
+        if self._decoder is None:
+            self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+            self._fed, self._text = len(self.healed), ""
+        if len(self.generated) > self._fed:
+            self._text += self._decoder.decode(self.generated[self._fed:], final=False)
+            self._fed = len(self.generated)
+        return self._text
 
     def tokens_before(self, text: str) -> int:
         """How many tokens start before the end of `text` (a prefix of the visible text)."""
@@ -85,6 +103,8 @@ class Generation:
         return [len(self.generated[h:b].decode("utf-8", "ignore")) if b > h else 0 for b in self.starts[:n]]
 
 
-def first_stop(text: str, stops: list[str]) -> int:
-    """Where the first stop sequence starts in `text`, or -1."""
-    return min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+def first_stop(text: str, stops: list[str], seen: int = 0) -> int:
+    """Where the first stop sequence starts in `text`, or -1. `seen`: a prefix of `text` already
+    searched without a hit (the decode loop's text only grows): only matches ending after it
+    are looked for."""
+    return min((i for i in (text.find(s, max(0, seen - len(s) + 1)) for s in stops) if i >= 0), default=-1)

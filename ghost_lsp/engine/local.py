@@ -138,8 +138,9 @@ class LocalModel:
                 model_lp = lp
             cand.model_logprobs.append(model_lp)
             if gen.take(tok):
+                searched = len(text)  # the text so far had no stop sequence in it
                 text = gen.text()
-                cut = first_stop(text, stops)
+                cut = first_stop(text, stops, searched)
                 if cut >= 0:
                     text = text[:cut]
                     # Drop tokens that begin inside or after the stop sequence.

@@ -39,6 +39,40 @@ def token_logprob(x: np.ndarray, tok: int) -> float:
     return float(x[tok] - m - np.log(np.sum(np.exp(x - m))))
 
 
+_MASKED: tuple[np.ndarray, np.ndarray] | None = None  # (a read-only mask, its False ids)
+
+
+def apply_mask(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`np.where(mask, x, -inf)` as a new array; ValueError if the mask allows nothing.
+
+    Per decoded token: a read-only mask (the vocabulary's fixed one, engine/decode.py) is
+    nearly all True, so x is copied and -inf written at its few False ids (remembered per mask),
+    a fifth of the `where`'s cost; any other mask takes the `where`."""
+    global _MASKED
+    if mask.flags.writeable or x.dtype != np.float32 or x.shape != mask.shape:
+        if not mask.any():
+            raise ValueError("every token is masked")
+        return np.where(mask, x, -np.inf)
+    hit = _MASKED
+    if hit is None or hit[0] is not mask:
+        hit = _MASKED = (mask, np.flatnonzero(~mask))
+    if len(hit[1]) == len(mask):
+        raise ValueError("every token is masked")
+    out = x.copy()
+    out[hit[1]] = -np.inf
+    return out
+
+
+def masked_argmax(x: np.ndarray, mask: np.ndarray | None, top: int | None = None) -> int:
+    """argmax(where(mask, x, -inf)): the first of equal maxima, as np.argmax. `top`: argmax(x),
+    if known. When the unmasked first maximum is allowed it is the answer (one pass)."""
+    if top is None:
+        top = int(np.argmax(x))
+    if mask is None or mask[top]:
+        return top
+    return int(np.argmax(apply_mask(x, mask)))
+
+
 def apply_penalties(logits: np.ndarray, counts: np.ndarray, frequency_penalty: float,
                     presence_penalty: float) -> np.ndarray:
     """OpenAI semantics: logit -= frequency_penalty * count + presence_penalty * (count > 0).
@@ -167,14 +201,18 @@ def choose_token(logits: np.ndarray, *, temperature: float = 0.0, top_p: float =
     """
     raw = np.asarray(logits, dtype=np.float32)
     if mask is not None:
-        if not mask.any():
-            raise ValueError("every token is masked")
-        raw = np.where(mask, raw, -np.inf)
+        raw = apply_mask(raw, mask)
     penalised = raw
     if counts is not None:
         penalised = apply_penalties(raw, counts, frequency_penalty, presence_penalty)
     if temperature <= 0.0:
         tok = int(np.argmax(penalised))
+        if penalised is raw:  # the maximum is the chosen token's own score: no second pass for it
+            m = raw[tok]
+            if raw is not logits:  # our own copy: shift and exponentiate it in place
+                np.subtract(raw, m, out=raw)
+                return tok, float(m - m - np.log(np.sum(np.exp(raw, out=raw))))
+            return tok, float(m - m - np.log(np.sum(np.exp(raw - m))))
         return tok, token_logprob(raw, tok)
     probs = softmax(penalised / np.float32(temperature))
     if rng is None:

@@ -112,10 +112,11 @@ class Settings:
     ngram_max_tokens: int = 400_000
     # Prompt-lookup speculative decoding: up to this many drafted tokens verified per model
     # call (engine/speculative.py); 0 = off. Same output (exactly with fp32 activations; dynamic
-    # int8 may flip near-ties), ~2x fewer model calls. Off by default: on the shipped model's fused
-    # graph a call is so cheap that verifying drafts costs what it saves (decode tokens/s x0.96,
-    # `ghost-lsp eval ngram`); 8 pays on optimum graphs (x1.17) and larger models.
-    draft_tokens: int = 0
+    # int8 may flip near-ties: 95 % identical), 4.5x fewer model calls. On ghost-py-base a model
+    # call costs enough that 8 pays: decode x1.38 per request through the Completer, replayed
+    # typing p50 -27 % (`ghost-lsp bench --only pipeline,lsp --draft-tokens 8`; README, "Speed").
+    # On ghost-py-small's cheaper calls it did not (x0.96): set 0 there.
+    draft_tokens: int = 8
     # Serve the model `ghost-lsp learn` adapted to this workspace (learned_dir(root)) when one
     # exists and no model is named in the settings; swapped in live when it appears or changes.
     learned_model: bool = True

@@ -138,20 +138,61 @@ def code_mask_after(context: str, text: str, language: str) -> list[bool]:
     scan of `context` stops at a step boundary at least `_LOOKAHEAD` characters before its end,
     where a scan of context + text also stops, so the result is exactly the one-pass mask.
     """
-    global _context_scan
     if not text:
         return []
+    boundary, state = context_scan(context, language)
+    marks: list[bool] = []
+    state.copy().feed(context[boundary:] + text, marks)
+    return marks[-len(text):]
+
+
+def context_scan(context: str, language: str) -> tuple[int, Scanner]:
+    """(step boundary at least `_LOOKAHEAD` characters before the end of `context`, the scanner's
+    state there), for the latest context asked (cached). Callers copy the state before feeding."""
+    global _context_scan
     hit = _context_scan
     if hit is None or hit[0] != language or hit[1] != context:
         syn = language_of(language)
-        s, i, n = Scanner(syn), 0, len(context)
-        while i < n - _LOOKAHEAD:
-            s._step(context, i, n, syn)
-            i = s._i
+        i, s = scan_until(context, syn, len(context) - _LOOKAHEAD)
         hit = _context_scan = (language, context, i, s)
-    marks: list[bool] = []
-    hit[3].copy().feed(context[hit[2]:] + text, marks)
-    return marks[-len(text):]
+    return hit[2], hit[3]
+
+
+_STOPS: dict[tuple, re.Pattern] = {}
+
+
+def _stops(syn: Language, s: Scanner) -> re.Pattern:
+    """The characters where a step from this state can do more than pass one character."""
+    if s.line_comment:
+        chars = "\n"
+    elif s.block:
+        chars = syn.block_comment[1][0]
+    elif s.quote is not None:
+        chars = "\\" + s.quote[0] + ("\n" if len(s.quote) == 1 and s.quote != "`" else "")
+    else:
+        chars = "".join(m[0] for m in (syn.line_comment, syn.block_comment and syn.block_comment[0], *syn.quotes) if m)
+        chars += "()[]{}"
+    key = (chars,)
+    pat = _STOPS.get(key)
+    if pat is None:
+        pat = _STOPS[key] = re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
+    return pat
+
+
+def scan_until(text: str, syn: Language, stop: int) -> tuple[int, Scanner]:
+    """The scanner's state at its first step boundary at or after `stop`, and that boundary: the
+    same as stepping one character at a time (`while i < stop: _step`), but runs of characters
+    that only pass (letters, blanks, most punctuation) are skipped with one regex search."""
+    s, i, n = Scanner(syn), 0, len(text)
+    while i < stop:
+        if not s.escape:
+            m = _stops(syn, s).search(text, i, stop)
+            if m is None:
+                return max(i, stop), s
+            i = m.start()
+        s._step(text, i, n, syn)
+        i = s._i
+    return i, s
 
 
 def _indent(line: str) -> int:

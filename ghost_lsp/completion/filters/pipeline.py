@@ -1,4 +1,4 @@
-"""The filters run in order (`apply_filters`), while decoding (`StopCheck`), and the
+"""The filters run in order (`apply_filters`), while decoding (`StopCheck`, early_stop.py), and the
 deduplication of candidates."""
 
 from __future__ import annotations
@@ -7,16 +7,13 @@ import logging
 from typing import Callable, Sequence
 
 from ghost_lsp.completion.filters.confidence import confidence, trivial
-from ghost_lsp.completion.filters.cycles import cycle, recurring, repeated_lines, repeated_ngram, repeated_span
+from ghost_lsp.completion.filters.cycles import cycle
+from ghost_lsp.completion.filters.early_stop import StopCheck  # noqa: F401 - the filters' decode-time check
 from ghost_lsp.completion.filters.overlap import bracket_balance, suffix_overlap
-from ghost_lsp.completion.filters.structure import _brace_block_end, end_of_block, end_of_line, indentation, max_lines
+from ghost_lsp.completion.filters.structure import end_of_block, end_of_line, indentation, max_lines
 from ghost_lsp.completion.filters.syntax import syntax_check
-from ghost_lsp.languages import BRACE_LANGUAGES
 from ghost_lsp.settings.filters import FilterSettings
 from ghost_lsp.types import Candidate, Context
-
-log = logging.getLogger(__name__)
-
 
 log = logging.getLogger(__name__)
 
@@ -82,59 +79,6 @@ def apply_filters(text: str, ctx: Context, *, multiline: bool, settings: FilterS
     if crlf:
         text = text.replace("\n", "\r\n")
     return text, reasons
-
-
-class StopCheck:
-    """`stop_check(text_so_far) -> bool` for the engine's decode loop.
-
-    True once the cycle rules or the end of the cursor's block (or line, in single-line mode)
-    would cut the text before its end: every further token would be thrown away.
-    """
-
-    def __init__(self, ctx: Context, multiline: bool, settings: FilterSettings | None = None):
-        self.ctx, self.multiline = ctx, multiline
-        self.s = settings or FilterSettings()
-        self.fired: str | None = None
-        self._lines = 0
-
-    def __call__(self, text: str) -> bool:
-        if not text.strip():
-            return False
-        s = self.s
-        if not self.multiline and "\n" in text.lstrip("\n") and text.split("\n", 1)[0].strip():
-            self.fired = "end_of_line"
-            return True
-        if s.cycle:
-            for rule in (repeated_span, repeated_ngram):
-                kept, why = rule(text, self.ctx)
-                if why and len(kept) < len(text.rstrip()):
-                    self.fired = "cycle"
-                    return True
-            if s.recurring:
-                kept, why = recurring(text, self.ctx)
-                if why and len(kept) < len(text.rstrip()):
-                    self.fired = "cycle"
-                    return True
-        lines = text.count("\n")
-        if lines != self._lines:  # line rules only change when a line completes
-            self._lines = lines
-            done = text[: text.rfind("\n")]
-            if s.cycle:
-                kept, why = repeated_lines(done, self.ctx, s.line_similarity)
-                if why and kept.strip():
-                    self.fired = "cycle"
-                    return True
-        if self.multiline and s.end_of_block and "\n" in text:
-            last = text.rsplit("\n", 1)[-1]
-            if last.strip():  # the new line's first character decides
-                kept, why = end_of_block(text, self.ctx)
-                if why and len(kept) < len(text.rstrip()) and self.ctx.language not in BRACE_LANGUAGES:
-                    self.fired = "end_of_block"
-                    return True
-            if self.ctx.language in BRACE_LANGUAGES and _brace_block_end(text, self.ctx) is not None:
-                self.fired = "end_of_block"
-                return True
-        return False
 
 
 def dedupe(texts: Sequence[str]) -> list[int]:

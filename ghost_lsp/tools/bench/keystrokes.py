@@ -143,7 +143,7 @@ def section_cache(model_dir: Path, package: str, threads: int, positions: int, s
 
 
 async def _lsp_session(model_dir: Path, package: str, keystrokes: int, gap_ms: tuple[int, int],
-                       seed: int, tmp: Path) -> dict:
+                       seed: int, tmp: Path, draft_tokens: int | None = None) -> dict:
     from lsprotocol import types as T
     from pygls.lsp.client import LanguageClient
 
@@ -156,8 +156,9 @@ async def _lsp_session(model_dir: Path, package: str, keystrokes: int, gap_ms: t
     caps = T.ClientCapabilities(text_document=T.TextDocumentClientCapabilities(
         inline_completion=T.InlineCompletionClientCapabilities()))
     # Debug logs carry the cache counters this section reads back; the rest are the defaults.
+    options = {"logLevel": "DEBUG"} if draft_tokens is None else {"logLevel": "DEBUG", "draftTokens": draft_tokens}
     await client.initialize_async(T.InitializeParams(capabilities=caps, process_id=os.getpid(),
-                                                     initialization_options={"ghost": {"logLevel": "DEBUG"}}))
+                                                     initialization_options={"ghost": options}))
     client.initialized(T.InitializedParams())
 
     rng = random.Random(seed)
@@ -278,12 +279,13 @@ async def _lsp_session(model_dir: Path, package: str, keystrokes: int, gap_ms: t
     }
 
 
-def section_lsp(model_dir: Path, package: str, keystrokes: int, gap_ms, seed: int, keep_log: Path) -> dict:
+def section_lsp(model_dir: Path, package: str, keystrokes: int, gap_ms, seed: int, keep_log: Path,
+                draft_tokens: int | None = None) -> dict:
     import shutil
 
     with tempfile.TemporaryDirectory(prefix="ghost-bench-lsp-") as tmp:
         try:
-            return asyncio.run(_lsp_session(model_dir, package, keystrokes, gap_ms, seed, Path(tmp)))
+            return asyncio.run(_lsp_session(model_dir, package, keystrokes, gap_ms, seed, Path(tmp), draft_tokens))
         finally:
             if (Path(tmp) / "server.log").exists():  # kept next to the JSON, to look into
                 shutil.copyfile(Path(tmp) / "server.log", keep_log)

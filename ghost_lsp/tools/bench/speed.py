@@ -50,10 +50,18 @@ def _table(results: list[dict]) -> str:
                        f"greedy agreement {r['greedy_token_agreement']}")
         elif kind == "pipeline":
             c, b = r["completer"], r["bare_engine"]
-            out.append(f"{kind:<13} {r['requests']} requests: model step {c['model_ms_per_step']} ms; "
+            out.append(f"{kind:<13} {r['requests']} requests (medians), model step {c['model_ms_per_step']} ms; "
                        f"overhead per token: completer {c['overhead_ms_per_token']} ms "
-                       f"({c['overhead_share_of_step']} of a step), bare engine {b['overhead_ms_per_token']} ms "
-                       f"({b['overhead_share_of_step']})" if c and b else f"{kind:<13} no request measured")
+                       f"({c['overhead_pct_of_step']} % of a step; per request {c['overhead_pct_per_request']} %; "
+                       f"{c['tokens']} tokens), bare engine {b['overhead_ms_per_token']} ms "
+                       f"({b['overhead_pct_of_step']} %)" if c and b else f"{kind:<13} no request measured")
+            if r.get("drafts"):
+                d = r["drafts"]
+                out.append(f"{'':<13} drafts of {d['draft_tokens']}: decode {d['decode_ms_per_token_off']} -> "
+                           f"{d['decode_ms_per_token_on']} ms/token (x{d['speedup']}, per request "
+                           f"x{d['speedup_per_request']}), model calls/token {d['model_calls_per_token_off']} -> "
+                           f"{d['model_calls_per_token_on']}, identical {d['identical']}, "
+                           f"acceptance {d['acceptance']} ({d['requests']} requests)")
         elif kind == "quantization":
             a, b = r["onnx_fp32"], r["onnx_int8"]
             out.append(f"{kind:<13} fp32 {a['ms_per_token']:.3f} ms/token, {a['prefill_ms']:.1f} ms prefill, "
@@ -139,9 +147,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run("variants", lambda: section_variants(folder, args.hf, args.teacher, args.student, threads,
                                              args.new_tokens, args.rounds))
     run("cache", lambda: section_cache(folder, args.package, threads, args.positions, args.seed))
-    run("pipeline", lambda: section_pipeline(folder, args.package, threads, args.positions * 4, args.seed))
+    run("pipeline", lambda: section_pipeline(folder, args.package, threads, args.positions * 4, args.seed,
+                                             args.draft_tokens or 0))
     run("lsp", lambda: section_lsp(folder, args.package, args.keystrokes, (args.gap_min, args.gap_max), args.seed,
-                                   Path(str(args.out) + ".server.log")))
+                                   Path(str(args.out) + ".server.log"), args.draft_tokens))
     measured = next((r["onnx_int8"]["ms_per_token"] for r in results
                      if r["row"] == "engines" and "onnx_int8" in r), None)
     if measured is None and "bandwidth" in only:
@@ -177,6 +186,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--keystrokes", type=int, default=300, help="keystrokes in the LSP replay")
     p.add_argument("--gap-min", type=int, default=60, help="ms between keys, at least")
     p.add_argument("--gap-max", type=int, default=120, help="ms between keys, at most")
+    p.add_argument("--draft-tokens", type=int, default=None, metavar="N",
+                   help="pipeline: also run each request with prompt-lookup drafts of N tokens (side by side); "
+                        "lsp: the server's draftTokens (default: its setting)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench.json", help="JSON results file")
     p.add_argument("--peers", action="store_true",
