@@ -129,3 +129,22 @@ def test_peers_without_a_checkpoint_fail_with_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no PyTorch checkpoint" in err[0] and "--hf DIR" in err[0]
     assert not (tmp_path / "o.json").exists()
+
+
+def test_llama_cpp_runs_a_quantized_gguf_in_many_token_batches(small_llama, tmp_path):
+    """q8_0 / q4_0 prefill in one batch: on AMX CPUs llama.cpp's repacked layouts crashed
+    (SIGSEGV) here; the runner loads without them there. A subprocess, so a crash is a failure."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the llama/bench extras (builds from source)")
+    import subprocess
+
+    for q in ("q8_0", "q4_0"):
+        pm.write_gguf(small_llama, tmp_path / f"m-{q}.gguf", q)
+    code = ("import sys; from pathlib import Path; from ghost_lsp.tools.bench import peers as bp\n"
+            "for q in ('q8_0', 'q4_0'):\n"
+            "    r = bp._llama_cpp_runner(Path(sys.argv[1]) / f'm-{q}.gguf', q, 1, 64)\n"
+            "    x = r.prefill(list(range(3, 40)))\n"
+            "    assert x.ndim == 1 and len(x) > 40 and bool((abs(x) < 1e4).all())\n"
+            "    r.close()\n"
+            "print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]

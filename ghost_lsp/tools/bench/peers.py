@@ -22,6 +22,8 @@ timing are compared side by side; the models they run are prepared in peer_model
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import os
@@ -112,14 +114,39 @@ def _ghost_runner(folder: Path, fmt: str, threads: int) -> Runner:
                         "onnx_mb": round((folder / "model.onnx").stat().st_size / 1e6, 2)})
 
 
+@contextlib.contextmanager
+def _load_params():
+    """Model-load parameters for the Llama class: llama.cpp's repacked/AMX weight layouts off
+    on CPUs with AMX, where they crash quantized models in llama-cpp-python 0.3.36 (as the GGUF
+    engine does, engine/llamacpp_model.py). The Llama class has no argument for it."""
+    import llama_cpp.llama_cpp as lc
+
+    orig = lc.llama_model_default_params
+    if b"AMX_INT8 = 1" not in (lc.llama_print_system_info() or b""):
+        yield True
+        return
+
+    def params():
+        p = orig()
+        p.use_extra_bufts = False
+        return p
+
+    lc.llama_model_default_params = params
+    try:
+        yield False
+    finally:
+        lc.llama_model_default_params = orig
+
+
 def _llama_cpp_runner(gguf_path: Path, fmt: str, threads: int, n_ctx: int, f32_kv: bool = False) -> Runner:
     from llama_cpp import Llama
 
     kw = {}
     if f32_kv:  # the fp32 check: keep the KV cache in f32 too (the default is f16)
         kw.update(type_k=0, type_v=0)
-    llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
-                n_threads_batch=threads, flash_attn=True, verbose=False, logits_all=False, **kw)
+    with _load_params() as extra_bufts:
+        llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
+                    n_threads_batch=threads, flash_attn=True, verbose=False, logits_all=False, **kw)
 
     n_vocab = llm.n_vocab()
 
@@ -139,7 +166,9 @@ def _llama_cpp_runner(gguf_path: Path, fmt: str, threads: int, n_ctx: int, f32_k
         return tok
 
     return Runner("llama.cpp", fmt, prefill, next_token, close=llm.close,
-                  info={"gguf_mb": round(gguf_path.stat().st_size / 1e6, 2), "flash_attn": True})
+                  info={"gguf_mb": round(gguf_path.stat().st_size / 1e6, 2), "flash_attn": True,
+                        # False on AMX CPUs (see _load_params): llama.cpp runs without its repacked layouts
+                        "extra_buffer_types": extra_bufts})
 
 
 def _genai_runner(folder: Path, fmt: str, max_length: int) -> Runner:
