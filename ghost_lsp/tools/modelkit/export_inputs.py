@@ -15,9 +15,15 @@ log = logging.getLogger(__name__)
 
 # optimum-onnx 0.1.0 has no ONNX config for these; export.py lends them a compatible one.
 OPTIMUM_EXTRA = {"starcoder2": "mistral"}
-# Peak memory of an export, in fp32 copies of the weights: the PyTorch model, the exporter's
-# graph and the validation sessions (the fp32 ONNX model and its int8 copy) are alive together.
+# Peak memory of an optimum export, in fp32 copies of the weights: the PyTorch model, the
+# exporter's traced graph and the ONNX model it writes are alive together.
 FP32_COPIES = 3.0
+# The fused export streams (llama_graph.py writes a tensor at a time; export_check.py holds one
+# model at a time): its peak is one fp32 copy, the PyTorch model of the check, plus the
+# interpreter, torch and onnxruntime (FUSED_BASE) and a few of the largest tensor in flight
+# (the embedding table: read, widened, transposed for the LM head, quantized).
+FUSED_COPIES = 1.0
+FUSED_BASE = 1 << 30
 
 
 class ExportInputError(ValueError):
@@ -97,7 +103,16 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_memory(config) -> int | None:
+def memory_needed(config, n: int, graph: str) -> tuple[int, str]:
+    """Bytes an export of n parameters needs at its peak, and how that was reckoned."""
+    if graph != "fused":
+        return int(n * 4 * FP32_COPIES), f"{FP32_COPIES:g} fp32 copies: PyTorch, the exporter, the ONNX model"
+    largest = int(config.vocab_size) * int(config.hidden_size) * 4
+    need = int(n * 4 * FUSED_COPIES) + FUSED_BASE + 3 * largest
+    return need, "streamed: one fp32 copy for the check against PyTorch, 3 embedding tables in flight, 1 GiB"
+
+
+def check_memory(config, graph: str = "optimum") -> int | None:
     """Refuse, with the numbers, a model whose export would not fit in the memory free now.
     Returns the parameter count (None when the config cannot be instantiated to count them:
     the export then finds out the usual way)."""
@@ -106,11 +121,11 @@ def check_memory(config) -> int | None:
     except Exception as e:  # noqa: BLE001 - any model class may refuse the meta device
         log.warning("could not count the parameters before the export (%s); memory not checked", e)
         return None
-    need = int(n * 4 * FP32_COPIES)
+    need, how = memory_needed(config, n, graph)
     have = available_memory()
     if need > have:
         raise ExportInputError(
             f"too big for this machine: {n / 1e9:.2f} B parameters need about {need / 2**30:.1f} GiB to export "
-            f"({FP32_COPIES:g} fp32 copies: PyTorch, the exporter, the check), and {have / 2**30:.1f} GiB "
-            "is available; export on a larger machine and copy the model folder here")
+            f"({how}), and {have / 2**30:.1f} GiB is available; export on a larger machine and copy the "
+            "model folder here")
     return n
