@@ -119,11 +119,12 @@ def test_fused_memory_estimate_is_one_copy_and_refuses_with_the_numbers(tmp_path
     (hf / "config.json").write_text((CONFIGS / "qwen2.5-coder-1.5b.json").read_text())
     config = AutoConfig.from_pretrained(hf)
     n = export_inputs.parameter_count(config)
+    # As if the folder held the real bf16 checkpoint (3.09 GB): 10.5 GiB; measured peak 8.97 GiB.
     fused, _ = export_inputs.memory_needed(config, n, "fused")
     optimum, _ = export_inputs.memory_needed(config, n, "optimum")
-    assert 1.5e9 < n < 1.6e9 and fused < 0.6 * optimum
+    assert 1.5e9 < n < 1.6e9 and 10.4 < fused / 2**30 < 10.6 < optimum / 2**30
     monkeypatch.setattr(export_inputs, "available_memory", lambda: 6 * 2**30)
-    with pytest.raises(ExportInputError, match=r"1\.54 B parameters need about 9\.\d GiB .*streamed.* 6\.0 GiB is"):
+    with pytest.raises(ExportInputError, match=r"1\.54 B parameters need about 7\.\d GiB .*streamed.* 6\.0 GiB is"):
         ex.export_onnx(hf, tmp_path / "out", graph="fused")
     monkeypatch.setattr(export_inputs, "available_memory", lambda: 12 * 2**30)
     assert export_inputs.check_memory(config, "fused") == n

@@ -163,7 +163,7 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exception subclasses
         raise ExportInputError(f"{tok_path}: unreadable tokenizer: {e}") from None
     config = AutoConfig.from_pretrained(hf_dir)
-    check_memory(config, graph)
+    check_memory(config, graph, hf_dir)
     vocab = tokenizer.get_vocab(with_added_tokens=True)
 
     def token_name(token_id, fallback):

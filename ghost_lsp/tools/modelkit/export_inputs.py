@@ -19,12 +19,11 @@ OPTIMUM_EXTRA = {"starcoder2": "mistral"}
 # exporter's traced graph and the ONNX model it writes are alive together.
 FP32_COPIES = 3.0
 # The fused export streams (llama_graph.py writes a tensor at a time; export_check.py holds one
-# model at a time): its peak is one fp32 copy, the PyTorch model of the check, plus the
-# interpreter, torch and onnxruntime (FUSED_BASE) and a few of the largest tensor in flight
-# (the embedding table: read, widened, transposed for the LM head, quantized). Measured peak
-# (ru_maxrss of `bench --realsize`, random Qwen2.5-Coder configs): 0.49 B 4.11 GiB (estimate
-# 4.36), 1.54 B 8.97 GiB (estimate 9.36); the peak is the check's PyTorch load.
-FUSED_COPIES = 1.0
+# model at a time): its peak is the check's PyTorch load, one fp32 copy while transformers maps
+# the checkpoint it widens (its bytes on disk), plus the interpreter, torch and onnxruntime and
+# a tensor in flight (FUSED_BASE + the embedding table). Measured (ru_maxrss, `bench --realsize`,
+# random bf16 checkpoints) against this estimate: Qwen2.5-Coder-0.5B 4.11 GiB (4.27),
+# TinyLlama-1.1B 6.50 GiB (7.39), Qwen2.5-Coder-1.5B 8.97 GiB (10.49).
 FUSED_BASE = 1 << 30
 
 
@@ -105,16 +104,22 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def memory_needed(config, n: int, graph: str) -> tuple[int, str]:
+def checkpoint_bytes(hf_dir: Path | None, n: int) -> int:
+    """Bytes of the folder's weight files (bf16 for n parameters when there are none to see)."""
+    files = [] if hf_dir is None else [p for pat in ("*.safetensors", "*.bin") for p in Path(hf_dir).glob(pat)]
+    return sum(p.stat().st_size for p in files) if files else 2 * n
+
+
+def memory_needed(config, n: int, graph: str, hf_dir: Path | None = None) -> tuple[int, str]:
     """Bytes an export of n parameters needs at its peak, and how that was reckoned."""
     if graph != "fused":
         return int(n * 4 * FP32_COPIES), f"{FP32_COPIES:g} fp32 copies: PyTorch, the exporter, the ONNX model"
-    largest = int(config.vocab_size) * int(config.hidden_size) * 4
-    need = int(n * 4 * FUSED_COPIES) + FUSED_BASE + 3 * largest
-    return need, "streamed: one fp32 copy for the check against PyTorch, 3 embedding tables in flight, 1 GiB"
+    table = int(config.vocab_size) * int(config.hidden_size) * 4
+    need = n * 4 + checkpoint_bytes(hf_dir, n) + FUSED_BASE + table
+    return need, "streamed: the check's fp32 PyTorch model, the checkpoint it reads, an embedding table, 1 GiB"
 
 
-def check_memory(config, graph: str = "optimum") -> int | None:
+def check_memory(config, graph: str = "optimum", hf_dir: Path | None = None) -> int | None:
     """Refuse, with the numbers, a model whose export would not fit in the memory free now.
     Returns the parameter count (None when the config cannot be instantiated to count them:
     the export then finds out the usual way)."""
@@ -123,7 +128,7 @@ def check_memory(config, graph: str = "optimum") -> int | None:
     except Exception as e:  # noqa: BLE001 - any model class may refuse the meta device
         log.warning("could not count the parameters before the export (%s); memory not checked", e)
         return None
-    need, how = memory_needed(config, n, graph)
+    need, how = memory_needed(config, n, graph, hf_dir)
     have = available_memory()
     if need > have:
         raise ExportInputError(
