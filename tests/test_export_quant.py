@@ -6,7 +6,9 @@ Random tiny weights have logit margins so thin that int4 rounding alone flips mo
 tokens (0.3-0.4 agreement), which would test the noise, not the graph. So the int4 models here
 have their weights on the int4 grid (each 32-value block a scale times integers in [-8, 7], one
 of them -8): rounding to int4 is then lossless, and agreement below 0.9 can only come from a
-wrong graph (block layout, transposes, scales, biases) or the int8 activations of the kernels.
+wrong graph (block layout, transposes, scales, biases) or the int8 activations of the kernels
+(accuracy_level 4, prepacked as the engine runs them: qwen2's large random biases lose 1-3 of
+the 32 tokens to them, so the check runs its full 4 prompts × 8 tokens).
 """
 
 import json
@@ -51,7 +53,7 @@ def test_fused_quantized_export_agrees_with_pytorch(tmp_path, arch, specials_of,
     hf = build_hf(tmp_path / "hf", arch, specials_of, hidden=64)  # head_dim 16 for GroupQueryAttention
     if quantize == "int4":
         snap_to_int4_grid(hf)
-    report = ex.export_onnx(hf, tmp_path / "out", quantize=quantize, graph="fused", steps=6)  # min_agreement 0.9
+    report = ex.export_onnx(hf, tmp_path / "out", quantize=quantize, graph="fused")  # min_agreement 0.9, 4 × 8 tokens
     assert report["fp32_ok"] and report["int8_ok"] and report["int8_greedy_agreement"] >= 0.9, report
     m = Manifest.load(tmp_path / "out")
     assert (m.architecture, m.quantization) == (arch, {"int8": "int8-dynamic", "int4": "int4-nbits"}[quantize])

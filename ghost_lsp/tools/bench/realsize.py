@@ -109,10 +109,14 @@ def run_realsize(config_json: Path, work: Path, *, engines: set[str], rounds: in
                                        "path": out})
     for row in result["rows"]:
         kind = "onnx" if row["engine"].startswith("onnx") else row["format"]
-        _, rss, stdout = _measured(["speed", kind, str(row["path"]), str(n_prompt), str(n_new), str(rounds),
-                                    str(threads)])
-        row.update(json.loads(stdout.strip().splitlines()[-1]), run_peak_rss_gb=round(rss / 2**30, 2))
         row["path"] = str(row["path"])
+        try:
+            _, rss, stdout = _measured(["speed", kind, row["path"], str(n_prompt), str(n_new), str(rounds),
+                                        str(threads)])
+        except RuntimeError as e:  # e.g. a llama.cpp build that crashes: the row says so
+            row["skipped"] = str(e)
+            continue
+        row.update(json.loads(stdout.strip().splitlines()[-1]), run_peak_rss_gb=round(rss / 2**30, 2))
         print(json.dumps(row), flush=True)
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
@@ -125,6 +129,10 @@ def table(result: dict) -> str:
     lines = [f"{result['config']}: {result.get('parameters', 0) / 1e9:.2f} B parameters (random weights), "
              f"build {result['build']['seconds']} s"]
     for r in result["rows"]:
+        if "skipped" in r:
+            lines.append(f"| {r['engine']} {r['format']} | {r['export_s']} s | {r['bytes'] / gb:.2f} GB | "
+                         f"{r['export_peak_rss_gb']} GB | not timed: {r['skipped']} | |")
+            continue
         size = (f"{r['fp32_bytes'] / gb:.2f} → {r['bytes'] / gb:.2f} GB" if "fp32_bytes" in r
                 else f"{r['bytes'] / gb:.2f} GB")
         lines.append(f"| {r['engine']} {r['format']} | {r['export_s']} s | {size} | "
