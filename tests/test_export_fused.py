@@ -118,8 +118,8 @@ def test_fused_default_int8_is_dynamic_and_validated(tiny_llama16, tmp_path):
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(tmp_path / "dyn" / "model.onnx")).graph.node}
-    # MatMulInteger + DynamicQuantizeLinear on disk; onnxruntime fuses them at load.
-    assert "MatMulInteger" in ops and "GroupQueryAttention" in ops and "MatMul" not in ops
+    # Written as the op onnxruntime fuses quantize_dynamic's MatMulInteger pattern into.
+    assert "DynamicQuantizeMatMul" in ops and "GroupQueryAttention" in ops and "MatMul" not in ops
 
 
 def test_in_place_kv_buffers_never_overwrite_a_cache_handed_out(tiny_llama16, tmp_path):

@@ -28,7 +28,7 @@ def hf_dir_for(model_dir: Path, explicit: str | None) -> tuple[Path | None, str]
     return None, "no PyTorch checkpoint (config.json) in " + ", ".join(map(str, cands))
 
 
-def export_quiet(hf: Path, out: Path, **kw) -> None:
+def export_quiet(hf: Path, out: Path, **kw) -> dict:
     """export_onnx without its tracer warnings and quantizer advice on the bench's output."""
     import warnings
 
@@ -38,6 +38,6 @@ def export_quiet(hf: Path, out: Path, **kw) -> None:
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
         try:
-            export_onnx(hf, out, **kw)
+            return export_onnx(hf, out, **kw)
         finally:
             logging.disable(logging.NOTSET)

@@ -59,19 +59,23 @@ def build_random_llama(out: Path, tokenizer_json: Path, max_positions: int, **di
 
 
 def write_gguf(hf_dir: Path, out: Path, qtype: str, tokenizer_json: Path | None = None) -> dict:
-    """Write a llama.cpp GGUF (architecture llama) of a HF Llama checkpoint.
+    """Write a llama.cpp GGUF of a HF Llama/Mistral (architecture llama) or Qwen2 (architecture
+    qwen2: q/k/v biases, halves rotated as in HF) checkpoint, read a tensor at a time.
 
     qtype: "f32", "f16", "q8_0" or "q4_0". 2-D weights whose input dimension is not a multiple
     of the 32-value block fall back to f16 (as llama.cpp's own converter does); norms stay f32.
     Returns {"fallback_f16": [tensor names]}.
     """
     import gguf
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from ghost_lsp.tools.modelkit.weights import CheckpointReader
 
     cfg = AutoConfig.from_pretrained(hf_dir)
-    sd = {k: v.float().numpy() for k, v in
-          AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).state_dict().items()}
+    if cfg.model_type not in ("llama", "mistral", "qwen2"):
+        raise ValueError(f"write_gguf writes llama, mistral and qwen2 checkpoints, not {cfg.model_type!r}")
+    qwen2 = cfg.model_type == "qwen2"
+    reader = CheckpointReader(hf_dir)
     n_head = cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
@@ -82,7 +86,7 @@ def write_gguf(hf_dir: Path, out: Path, qtype: str, tokenizer_json: Path | None 
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                   "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
 
-    w = gguf.GGUFWriter(str(out), "llama")
+    w = gguf.GGUFWriter(str(out), "qwen2" if qwen2 else "llama")
     w.add_name(hf_dir.name)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
@@ -111,19 +115,22 @@ def write_gguf(hf_dir: Path, out: Path, qtype: str, tokenizer_json: Path | None 
                  "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
                  "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
     fallback = []
-    for key, arr in sd.items():
+    for key in reader.names():
         if key == "lm_head.weight" and getattr(cfg, "tie_word_embeddings", False):
             continue  # llama.cpp reads token_embd for the output when output.weight is absent
         if key.startswith("model.layers."):
             i, rest = key[len("model.layers."):].split(".", 1)
-            rest = rest.rsplit(".", 1)[0]
-            name = f"blk.{i}.{per_layer[rest]}.weight"
-            if rest == "self_attn.q_proj":
+            rest, kind = rest.rsplit(".", 1)
+            if rest not in per_layer:
+                continue
+            name = f"blk.{i}.{per_layer[rest]}.{kind}"
+            arr = reader.get(key)
+            if rest == "self_attn.q_proj" and not qwen2:  # llama.cpp's qwen2 rotates halves as HF does
                 arr = permute(arr, n_head)
-            elif rest == "self_attn.k_proj":
+            elif rest == "self_attn.k_proj" and not qwen2:
                 arr = permute(arr, n_kv)
         elif key in names:
-            name = names[key]
+            name, arr = names[key], reader.get(key)
         else:
             continue  # rotary inv_freq buffers and the like
         arr = np.ascontiguousarray(arr, dtype=np.float32)

@@ -110,6 +110,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ghost_lsp.engine.decoder import default_threads
     from ghost_lsp.settings.core import Settings, model_dir
 
+    if getattr(args, "realsize", None):
+        from ghost_lsp.tools.bench.realsize import cmd_realsize
+
+        return cmd_realsize(args)
     if getattr(args, "peers", False):
         from ghost_lsp.tools.bench.peers import run_peers
 
@@ -200,4 +204,14 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--genai-builder", default=None, metavar="PYTHON",
                    help="with --peers: a Python with onnxruntime-genai's model builder (transformers>=5); "
                         "default $GHOST_GENAI_BUILDER")
+    p.add_argument("--realsize", metavar="CONFIG", default=None,
+                   help="instead: export (time, sizes, peak RAM) and prefill/decode speed of a RANDOM-weight model "
+                        "built from a real config (ghost_lsp/tools/bench/realsize_configs/*.json); "
+                        "see ghost_lsp/tools/bench/realsize.py")
+    p.add_argument("--realsize-engines", default=None, metavar="LIST",
+                   help="with --realsize: of fused,optimum,llama.cpp (default fused,llama.cpp)")
+    p.add_argument("--prompt-tokens", type=int, default=1024, help="with --realsize: prefill length")
+    p.add_argument("--work", default="/tmp/ghost-realsize", metavar="DIR",
+                   help="with --realsize: scratch folder for the checkpoint and exports (GBs)")
+    p.add_argument("--keep", action="store_true", help="with --realsize: keep the scratch files")
     p.set_defaults(func=cmd_bench)

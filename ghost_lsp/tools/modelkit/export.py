@@ -2,17 +2,19 @@
 
 Steps: optimum export (`text-generation-with-past`, one decoder file) → fp32 check against
 PyTorch → `onnxruntime.quantization.quantize_dynamic` → greedy agreement check against
-PyTorch → package (model.onnx, tokenizer.json, manifest.json). Nothing is written to the
-output folder unless validation passes.
+PyTorch (export_check.py) → package (model.onnx, tokenizer.json, manifest.json). Nothing is
+written to the output folder unless validation passes.
 
 Why plain quantize_dynamic: measured, it kept greedy output identical to
 PyTorch where optimum's ORTQuantizer diverged; either way every quantized model is checked.
 
 graph="fused" (Llama, Qwen2, Mistral) replaces the optimum export with modelkit/llama_graph.py's compact
 graph (GroupQueryAttention, untied LM head, optional last-position logits, KV appended in
-place). quantize="int8" makes its MatMuls DynamicQuantizeMatMul (and the embedding int8);
-"int8-nbits"/"int4" make them MatMulNBits (int8/int4 weights, int8 compute: faster decode,
-slower prefill); see `ghost-lsp bench --peers`. Same validation.
+place), written a tensor at a time from the checkpoint, fp32 and quantized alike (so a 1.5 B
+model streams; weights over 1 GiB go to model.onnx.data). quantize="int8" makes its MatMuls
+DynamicQuantizeMatMul (and the embedding int8); "int8-nbits"/"int4" make them MatMulNBits
+(int8/int4 weights, int8 compute: faster decode, slower prefill); see fused_quant.py and
+`ghost-lsp bench --peers`. Same validation.
 torch/transformers/optimum are imported inside the functions (the server imports nothing here).
 """
 
@@ -28,9 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ghost_lsp.paths import portable
+from ghost_lsp.tools.modelkit.export_check import validate
 from ghost_lsp.tools.modelkit.export_inputs import (OPTIMUM_EXTRA, ExportInputError, check_architecture,
                                                     check_folder, check_memory)
 from ghost_lsp.tools.modelkit.families import FAMILIES, FamilyError, detect_family, shipped_tokenizer
@@ -116,82 +117,6 @@ def _quant_kind(quantize: str | None, graph: str) -> str | None:
     return {"int8": "int8-dynamic", "int4": "int4-nbits"}.get(quantize, quantize)
 
 
-def _quantize_kind(src: Path, dst: Path, kind: str, graph: str) -> Path:
-    if kind == "int8-dynamic":
-        if graph != "fused":
-            return _quantize(src, dst)
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        # The MatMuls (LM head included, it is untied) and the embedding table (a Gather of a
-        # few int8 rows: size, not speed). Contrib-op outputs have no inferred type, hence
-        # DefaultTensorType.
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gather"], extra_options={"DefaultTensorType": 1})
-        return dst
-    from ghost_lsp.tools.modelkit.llama_graph import quantize_nbits
-
-    return quantize_nbits(src, dst, bits=8 if kind == "int8-nbits" else 4)
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    from ghost_lsp.engine.decoder import Decoder
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return Decoder(sess, str(path))
-
-
-def _torch_greedy(model, ids: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:
-    """PyTorch greedy continuation and the logits row that chose each token (incl. the prompt's last)."""
-    import torch
-
-    seq, rows = list(ids), []
-    with torch.no_grad():
-        for _ in range(steps):
-            out = model(torch.tensor([seq])).logits[0, -1].float().numpy()
-            rows.append(out)
-            seq.append(int(np.argmax(out)))
-    return seq[len(ids):], rows
-
-
-def _onnx_teacher_forced(dec, ids: list[int], forced: list[int]) -> list[np.ndarray]:
-    """ONNX logits along a given token path, through the KV cache like the engine decodes."""
-    logits, past = dec.run(ids, dec.empty_past())
-    rows = [logits[-1]]
-    for tok in forced[:-1]:
-        logits, past = dec.run([tok], past)
-        rows.append(logits[-1])
-    return rows
-
-
-def _validate(model, prompts_ids, fp32: Path, quant: Path | None, steps: int,
-              logits_atol: float, min_agreement: float) -> dict:
-    report: dict = {"prompts": len(prompts_ids), "steps": steps, "logits_atol": logits_atol,
-                    "min_agreement": min_agreement}
-    dec32 = _session(fp32)
-    decq = _session(quant) if quant else None
-    max_diff, agree, total = 0.0, 0, 0
-    for ids in prompts_ids:
-        ref_tokens, ref_rows = _torch_greedy(model, ids, steps)
-        rows32 = _onnx_teacher_forced(dec32, ids, ref_tokens)
-        for a, b in zip(ref_rows, rows32):
-            max_diff = max(max_diff, float(np.max(np.abs(a[: len(b)] - b))))
-        if decq is not None:
-            for row, ref in zip(_onnx_teacher_forced(decq, ids, ref_tokens), ref_tokens):
-                agree += int(np.argmax(row)) == ref
-                total += 1
-    report["fp32_max_abs_logit_diff"] = max_diff
-    report["fp32_ok"] = max_diff <= logits_atol
-    if decq is not None:
-        report["int8_greedy_agreement"] = agree / total if total else 1.0
-        report["int8_ok"] = report["int8_greedy_agreement"] >= min_agreement
-    return report
-
-
 def _context_length(config) -> int:
     from ghost_lsp.tools.modelkit.llama_graph import sliding_window
 
@@ -238,7 +163,7 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
     except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exception subclasses
         raise ExportInputError(f"{tok_path}: unreadable tokenizer: {e}") from None
     config = AutoConfig.from_pretrained(hf_dir)
-    check_memory(config)
+    check_memory(config, graph, hf_dir)
     vocab = tokenizer.get_vocab(with_added_tokens=True)
 
     def token_name(token_id, fallback):
@@ -256,28 +181,34 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
         _progress(f"family: plain - no fill-in-the-middle, completions will see only the code before "
                   f"the cursor ({det.reason}); pass --family to choose one")
 
-    with tempfile.TemporaryDirectory(prefix="ghost-export-") as tmp:
+    # Beside the output folder: a multi-GB data file is then renamed into place, not copied.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".ghost-export-", dir=out_dir.parent) as tmp:
         work = Path(tmp)
+        quant = None
         if graph == "fused":
             from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
 
+            # Both graphs straight from the checkpoint, a tensor at a time (streams a 1.5 B model).
             _progress(f"writing the fused graph of {hf_dir}")
-            fp32 = build_llama_graph(hf_dir, work / "fp32" / "fused.onnx")
+            fp32 = build_llama_graph(hf_dir, work / "fp32" / "model.onnx", progress=True)
+            if quantize:
+                _progress(f"writing the {quantize} fused graph")
+                quant = build_llama_graph(hf_dir, work / "quant" / "model.onnx", quantize, progress=True)
         else:
             _progress(f"exporting {hf_dir} with optimum")
             fp32 = _run_optimum_export(hf_dir, work / "fp32")
-        quant = None
-        if quantize:
-            _progress(f"quantizing ({quantize})")
-            quant = _quantize_kind(fp32, work / "model.quant.onnx", quantize, graph)
+            if quantize:
+                _progress(f"quantizing ({quantize})")
+                quant = _quantize(fp32, work / "model.quant.onnx")
         _progress("validating against PyTorch")
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
         ctx = _context_length(config)
         prompts_ids = [tokenizer.encode(p, add_special_tokens=False).ids[-(ctx - steps - 1):]
                        for p in (prompts or VALIDATION_PROMPTS)]
-        report = _validate(model, prompts_ids, fp32, quant, steps, logits_atol, min_agreement)
-        n_params = sum(p.numel() for p in model.parameters())
-        del model
+        report = validate(lambda: AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval(),
+                          prompts_ids, fp32, quant, steps, logits_atol, min_agreement)
+        n_params = report["parameters"]
+        report["fp32_bytes"] = sum(p.stat().st_size for p in fp32.parent.glob(fp32.name + "*"))
         if not report["fp32_ok"]:
             raise ExportValidationError(
                 f"fp32 ONNX logits differ from PyTorch by {report['fp32_max_abs_logit_diff']:.3g} "
@@ -291,11 +222,11 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("model.onnx", "model.onnx_data", "model.onnx.data"):
             (out_dir / stale).unlink(missing_ok=True)
-        shutil.copyfile(final, out_dir / "model.onnx")
-        # A >2 GB fp32 export keeps weights in an external file next to the graph; keep it.
+        shutil.move(final, out_dir / "model.onnx")
+        # Weights in an external file next to the graph (a >2 GB optimum export, a large fused one).
         for ext in (final.with_name(final.name + "_data"), final.with_name(final.name + ".data")):
             if ext.is_file():
-                shutil.copyfile(ext, out_dir / ("model.onnx" + ext.name[len(final.name):]))
+                shutil.move(ext, out_dir / ("model.onnx" + ext.name[len(final.name):]))
         family_name = (manifest_fields or {}).get("family") or det.family.name
         adapted = shipped_tokenizer(family_name, tokenizer.to_str())
         if adapted is not None:
@@ -330,7 +261,7 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
         setattr(manifest, key, value)
     manifest.save(out_dir)
     report["seconds"] = round(time.perf_counter() - t_start, 2)
-    report["model_bytes"] = (out_dir / "model.onnx").stat().st_size
+    report["model_bytes"] = sum(p.stat().st_size for p in out_dir.glob("model.onnx*"))
     report["out_dir"] = str(out_dir)
     report["family"], report["fim"] = manifest.family, manifest.fim
     report["family_reason"] = det.reason

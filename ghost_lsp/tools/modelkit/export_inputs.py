@@ -15,9 +15,16 @@ log = logging.getLogger(__name__)
 
 # optimum-onnx 0.1.0 has no ONNX config for these; export.py lends them a compatible one.
 OPTIMUM_EXTRA = {"starcoder2": "mistral"}
-# Peak memory of an export, in fp32 copies of the weights: the PyTorch model, the exporter's
-# graph and the validation sessions (the fp32 ONNX model and its int8 copy) are alive together.
+# Peak memory of an optimum export, in fp32 copies of the weights: the PyTorch model, the
+# exporter's traced graph and the ONNX model it writes are alive together.
 FP32_COPIES = 3.0
+# The fused export streams (llama_graph.py writes a tensor at a time; export_check.py holds one
+# model at a time): its peak is the check's PyTorch load, one fp32 copy while transformers maps
+# the checkpoint it widens (its bytes on disk), plus the interpreter, torch and onnxruntime and
+# a tensor in flight (FUSED_BASE + the embedding table). Measured (ru_maxrss, `bench --realsize`,
+# random bf16 checkpoints) against this estimate: Qwen2.5-Coder-0.5B 4.11 GiB (4.27),
+# TinyLlama-1.1B 6.50 GiB (7.39), Qwen2.5-Coder-1.5B 8.97 GiB (10.49).
+FUSED_BASE = 1 << 30
 
 
 class ExportInputError(ValueError):
@@ -97,7 +104,22 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_memory(config) -> int | None:
+def checkpoint_bytes(hf_dir: Path | None, n: int) -> int:
+    """Bytes of the folder's weight files (bf16 for n parameters when there are none to see)."""
+    files = [] if hf_dir is None else [p for pat in ("*.safetensors", "*.bin") for p in Path(hf_dir).glob(pat)]
+    return sum(p.stat().st_size for p in files) if files else 2 * n
+
+
+def memory_needed(config, n: int, graph: str, hf_dir: Path | None = None) -> tuple[int, str]:
+    """Bytes an export of n parameters needs at its peak, and how that was reckoned."""
+    if graph != "fused":
+        return int(n * 4 * FP32_COPIES), f"{FP32_COPIES:g} fp32 copies: PyTorch, the exporter, the ONNX model"
+    table = int(config.vocab_size) * int(config.hidden_size) * 4
+    need = n * 4 + checkpoint_bytes(hf_dir, n) + FUSED_BASE + table
+    return need, "streamed: the check's fp32 PyTorch model, the checkpoint it reads, an embedding table, 1 GiB"
+
+
+def check_memory(config, graph: str = "optimum", hf_dir: Path | None = None) -> int | None:
     """Refuse, with the numbers, a model whose export would not fit in the memory free now.
     Returns the parameter count (None when the config cannot be instantiated to count them:
     the export then finds out the usual way)."""
@@ -106,11 +128,11 @@ def check_memory(config) -> int | None:
     except Exception as e:  # noqa: BLE001 - any model class may refuse the meta device
         log.warning("could not count the parameters before the export (%s); memory not checked", e)
         return None
-    need = int(n * 4 * FP32_COPIES)
+    need, how = memory_needed(config, n, graph, hf_dir)
     have = available_memory()
     if need > have:
         raise ExportInputError(
             f"too big for this machine: {n / 1e9:.2f} B parameters need about {need / 2**30:.1f} GiB to export "
-            f"({FP32_COPIES:g} fp32 copies: PyTorch, the exporter, the check), and {have / 2**30:.1f} GiB "
-            "is available; export on a larger machine and copy the model folder here")
+            f"({how}), and {have / 2**30:.1f} GiB is available; export on a larger machine and copy the "
+            "model folder here")
     return n

@@ -16,8 +16,9 @@ the LM head, so prefill can ask for the last position only.
 The interface is optimum's (`input_ids`, `attention_mask`, `past_key_values.{i}.key/value` →
 `logits`, `present.{i}.key/value`, KV laid out (batch, kv_heads, seq, head_dim)) plus
 `logits_to_keep`; the metadata key KV_CAPACITY_KEY lets the engine keep the cache in
-preallocated buffers that GroupQueryAttention appends to in place (engine/onnx.py Decoder). Quantization (export.py) then turns the
-MatMuls into `MatMulNBits` (int8 or int4 weights, int8 compute) or `DynamicQuantizeMatMul`.
+preallocated buffers that GroupQueryAttention appends to in place (engine/onnx.py Decoder).
+Quantized graphs are written directly (fused_quant.py): each MatMul becomes `MatMulNBits` (int8
+or int4 weights, int8 compute) or `DynamicQuantizeMatMul` as its weight is read.
 """
 
 from __future__ import annotations
@@ -68,18 +69,31 @@ def _check_config(cfg) -> None:
         raise UnsupportedModel(f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention)")
 
 
-def build_llama_graph(hf_dir: str | Path, out_path: str | Path) -> Path:
-    """Write the fp32 fused graph of a local Llama/Qwen2/Mistral checkpoint to out_path (weights inline)."""
-    import onnx
-    import torch
-    from onnx import TensorProto, helper, numpy_helper
-    from transformers import AutoConfig, AutoModelForCausalLM
+INLINE_MAX = 1 << 30  # fp32 weights above this go to an external data file (protobuf stops at 2 GB)
+
+
+def build_llama_graph(hf_dir: str | Path, out_path: str | Path, quantize: str | None = None, *,
+                      external: bool | None = None, progress: bool = False) -> Path:
+    """Write the fused graph of a local Llama/Qwen2/Mistral checkpoint to out_path.
+
+    Reads the checkpoint one tensor at a time (weights.CheckpointReader) and writes each weight
+    as it goes, fp32 or quantized (`quantize`: a fused_quant.KINDS value), so memory holds a
+    tensor or two, not the model. external: weights in `out_path.data` (None: when the fp32
+    weights pass INLINE_MAX). progress: a tqdm bar over the layers on stderr."""
+    from onnx import TensorProto, helper
+    from tqdm import tqdm
+    from transformers import AutoConfig
+
+    from ghost_lsp.tools.modelkit.fused_quant import WeightEmitter
+    from ghost_lsp.tools.modelkit.weights import CheckpointReader, ExternalData
 
     cfg = AutoConfig.from_pretrained(hf_dir)
     _check_config(cfg)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    del model
+    sd = CheckpointReader(hf_dir)
+    out_path = Path(out_path)
+    if external is None:
+        external = sd.nbytes_fp32() > INLINE_MAX
+    data = ExternalData(out_path, inline=not external)
 
     hidden = cfg.hidden_size
     n_heads = cfg.num_attention_heads
@@ -89,24 +103,23 @@ def build_llama_graph(hf_dir: str | Path, out_path: str | Path) -> Path:
     n_layers = cfg.num_hidden_layers
     max_pos = positions(cfg)
 
-    inits, nodes = [], []
-
-    def init(name, arr):
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
-        return name
+    nodes = []
 
     def node(op, ins, outs, domain="", **attrs):
         nodes.append(helper.make_node(op, ins, outs, name=f"{op}_{len(nodes)}", domain=domain, **attrs))
         return outs[0] if len(outs) == 1 else outs
 
+    w = WeightEmitter(data, node, quantize)
+    init = w.plain
+
     # Rotary tables for every position the model allows (GQA indexes them by position).
     inv_freq = 1.0 / (float(cfg.rope_theta) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
     freqs = np.outer(np.arange(max_pos, dtype=np.float64), inv_freq)
-    init("cos_cache", np.cos(freqs).astype(np.float32))
-    init("sin_cache", np.sin(freqs).astype(np.float32))
-    init("one_i64", np.array(1, dtype=np.int64))
-    init("axes_1", np.array([1], dtype=np.int64))
-    init("ends_max", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+    init(np.cos(freqs).astype(np.float32), "cos_cache")
+    init(np.sin(freqs).astype(np.float32), "sin_cache")
+    init(np.array(1, dtype=np.int64), "one_i64")
+    init(np.array([1], dtype=np.int64), "axes_1")
+    init(np.array([np.iinfo(np.int64).max], dtype=np.int64), "ends_max")
 
     # Sequence lengths for GroupQueryAttention, from the all-ones attention mask the engine feeds.
     node("ReduceSum", ["attention_mask", "axes_1"], ["mask_sum"], keepdims=0)
@@ -116,47 +129,46 @@ def build_llama_graph(hf_dir: str | Path, out_path: str | Path) -> Path:
     node("Gather", ["mask_shape", "one_i64"], ["total_len_i64"], axis=0)
     node("Cast", ["total_len_i64"], ["total_len"], to=TensorProto.INT32)
 
-    init("embed", sd["model.embed_tokens.weight"])
-    x = node("Gather", ["embed", "input_ids"], ["embeds"], axis=0)
+    x = w.gather(sd.get("model.embed_tokens.weight"), "input_ids", "embed", "embeds")
     residual = x
-    h = node("SimplifiedLayerNormalization", [x, init("ln_in_0", sd["model.layers.0.input_layernorm.weight"])],
+    h = node("SimplifiedLayerNormalization", [x, init(sd.get("model.layers.0.input_layernorm.weight"), "ln_in_0")],
              ["h_in_0"], axis=-1, epsilon=eps, stash_type=1)
-    outputs_kv = []
-    for i in range(n_layers):
+    for i in tqdm(range(n_layers), desc=f"fused graph ({quantize or 'fp32'})", unit="layer",
+                  disable=not progress):
         p = f"model.layers.{i}."
-        wqkv = np.concatenate([sd[p + "self_attn.q_proj.weight"], sd[p + "self_attn.k_proj.weight"],
-                               sd[p + "self_attn.v_proj.weight"]], axis=0).T
-        qkv = node("MatMul", [h, init(f"qkv_{i}", wqkv)], [f"qkv_out_{i}"])
+        wqkv = np.concatenate([sd.get(p + "self_attn.q_proj.weight"), sd.get(p + "self_attn.k_proj.weight"),
+                               sd.get(p + "self_attn.v_proj.weight")], axis=0).T
+        qkv = w.matmul(h, wqkv, f"qkv_{i}", f"qkv_out_{i}")
+        del wqkv
         if p + "self_attn.q_proj.bias" in sd:  # Qwen2: biases before the rotary, as in PyTorch
-            bqkv = np.concatenate([sd[p + "self_attn.q_proj.bias"], sd[p + "self_attn.k_proj.bias"],
-                                   sd[p + "self_attn.v_proj.bias"]])
-            qkv = node("Add", [qkv, init(f"qkv_bias_{i}", bqkv)], [f"qkv_biased_{i}"])
+            bqkv = np.concatenate([sd.get(p + "self_attn.q_proj.bias"), sd.get(p + "self_attn.k_proj.bias"),
+                                   sd.get(p + "self_attn.v_proj.bias")])
+            qkv = node("Add", [qkv, init(bqkv, f"qkv_bias_{i}")], [f"qkv_biased_{i}"])
         attn, pk, pv = node("GroupQueryAttention",
                             [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value",
                              "seqlens_k", "total_len", "cos_cache", "sin_cache"],
                             [f"attn_{i}", f"present.{i}.key", f"present.{i}.value"], domain="com.microsoft",
                             num_heads=n_heads, kv_num_heads=n_kv, do_rotary=1, rotary_interleaved=0,
                             scale=float(head_dim) ** -0.5)
-        outputs_kv += [pk, pv]
-        o = node("MatMul", [attn, init(f"o_{i}", sd[p + "self_attn.o_proj.weight"].T)], [f"o_out_{i}"])
+        o = w.matmul(attn, sd.get(p + "self_attn.o_proj.weight").T, f"o_{i}", f"o_out_{i}")
         h2, _, _, residual = node("SkipSimplifiedLayerNormalization",
-                                  [o, residual, init(f"ln_post_{i}", sd[p + "post_attention_layernorm.weight"])],
+                                  [o, residual, init(sd.get(p + "post_attention_layernorm.weight"), f"ln_post_{i}")],
                                   [f"h_post_{i}", "", "", f"res_attn_{i}"], domain="com.microsoft", epsilon=eps)
-        gate = node("MatMul", [h2, init(f"gate_{i}", sd[p + "mlp.gate_proj.weight"].T)], [f"gate_out_{i}"])
-        up = node("MatMul", [h2, init(f"up_{i}", sd[p + "mlp.up_proj.weight"].T)], [f"up_out_{i}"])
+        gate = w.matmul(h2, sd.get(p + "mlp.gate_proj.weight").T, f"gate_{i}", f"gate_out_{i}")
+        up = w.matmul(h2, sd.get(p + "mlp.up_proj.weight").T, f"up_{i}", f"up_out_{i}")
         sig = node("Sigmoid", [gate], [f"sig_{i}"])
         act = node("Mul", [node("Mul", [gate, sig], [f"silu_{i}"]), up], [f"act_{i}"])
-        down = node("MatMul", [act, init(f"down_{i}", sd[p + "mlp.down_proj.weight"].T)], [f"down_out_{i}"])
-        norm_w = (sd[f"model.layers.{i + 1}.input_layernorm.weight"] if i + 1 < n_layers
-                  else sd["model.norm.weight"])
-        h, _, _, residual = node("SkipSimplifiedLayerNormalization", [down, residual, init(f"ln_next_{i}", norm_w)],
+        down = w.matmul(act, sd.get(p + "mlp.down_proj.weight").T, f"down_{i}", f"down_out_{i}")
+        norm_w = sd.get(f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < n_layers else "model.norm.weight")
+        h, _, _, residual = node("SkipSimplifiedLayerNormalization", [down, residual, init(norm_w, f"ln_next_{i}")],
                                  [f"h_next_{i}", "", "", f"res_mlp_{i}"], domain="com.microsoft", epsilon=eps)
 
     # Last positions only when asked (prefill needs one row, scoring needs all of them).
     node("Neg", ["logits_to_keep"], ["keep_start"])
     h = node("Slice", [h, "keep_start", "ends_max", "axes_1"], ["h_kept"])
-    lm_head = sd.get("lm_head.weight", sd["model.embed_tokens.weight"])  # untied: its own copy
-    node("MatMul", [h, init("lm_head", lm_head.T)], ["logits"])
+    head = "lm_head.weight" if "lm_head.weight" in sd else "model.embed_tokens.weight"  # untied: its own copy
+    w.matmul(h, sd.get(head).T, "lm_head", "logits")
+    data.close()
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch", "seq"]),
@@ -170,7 +182,7 @@ def build_llama_graph(hf_dir: str | Path, out_path: str | Path) -> Path:
                                                          ["batch", n_kv, "total_seq", head_dim]))
     # A plain input (not an overridable initializer): IO binding can only bind graph inputs.
     inputs.append(helper.make_tensor_value_info("logits_to_keep", i64, [1]))
-    graph = helper.make_graph(nodes, f"ghost-lsp-{cfg.model_type}-fused", inputs, outputs, inits)
+    graph = helper.make_graph(nodes, f"ghost-lsp-{cfg.model_type}-fused", inputs, outputs, w.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                     helper.make_opsetid("com.microsoft", 1)],
                               producer_name="ghost-lsp")
@@ -178,23 +190,6 @@ def build_llama_graph(hf_dir: str | Path, out_path: str | Path) -> Path:
     # GroupQueryAttention can append to a KV buffer in place when past and present share it;
     # the engine sizes such buffers by this (the rotary tables cover as many positions).
     helper.set_model_props(model, {KV_CAPACITY_KEY: str(max_pos)})
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(out_path))
+    with open(out_path, "wb") as f:  # the proto holds offsets into out_path.data, not weights
+        f.write(model.SerializeToString())
     return out_path
-
-
-def quantize_nbits(src: str | Path, dst: str | Path, bits: int, block_size: int = 32) -> Path:
-    """Every MatMul (LM head included) to MatMulNBits: int8/int4 weights in blocks, symmetric,
-    int8 compute (accuracy_level 4); at 4 bits the embedding table too (GatherBlockQuantized)."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    # GatherBlockQuantized is 4-bit only in onnxruntime's quantizer: at 8 bits the table stays fp32.
-    ops = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
-    q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=block_size, is_symmetric=True,
-                             accuracy_level=4, op_types_to_quantize=ops,
-                             quant_axes=(("MatMul", 0), ("Gather", 1)))
-    q.process()
-    q.model.save_model_to_file(str(dst), use_external_data_format=False)
-    return Path(dst)

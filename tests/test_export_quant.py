@@ -1,0 +1,169 @@
+"""Quantized fused exports of every fused architecture (llama, qwen2, mistral) × {int8, int4},
+each through export_onnx's own check (greedy agreement with PyTorch ≥ min_agreement), and the
+streamed writing under them: external data, the memory estimate.
+
+Random tiny weights have logit margins so thin that int4 rounding alone flips most greedy
+tokens (0.3-0.4 agreement), which would test the noise, not the graph. So the int4 models here
+have their weights on the int4 grid (each 32-value block a scale times integers in [-8, 7], one
+of them -8): rounding to int4 is then lossless, and agreement below 0.9 can only come from a
+wrong graph (block layout, transposes, scales, biases) or the int8 activations of the kernels
+(accuracy_level 4, prepacked as the engine runs them: qwen2's large random biases lose 1-3 of
+the 32 tokens to them, so the check runs its full 4 prompts × 8 tokens).
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from ghost_lsp.engine.manifest import Manifest
+from ghost_lsp.tools.modelkit import export as ex
+from ghost_lsp.tools.modelkit import export_inputs
+from ghost_lsp.tools.modelkit.export_inputs import ExportInputError
+from test_export_families import build_hf
+
+pytestmark = pytest.mark.slow
+
+ARCHS = [("llama", "starcoder"), ("qwen2", "qwen"), ("mistral", "starcoder")]
+
+
+def snap_to_int4_grid(hf_dir):
+    """Rewrite every 2-D weight of the checkpoint so 32-value blocks along its input dimension
+    are exactly representable in symmetric int4."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim != 2 or p.shape[1] % 32:
+                continue
+            blocks = p.reshape(p.shape[0], -1, 32)
+            scale = blocks.abs().amax(-1, keepdim=True) / 8
+            k = torch.clamp(torch.round(blocks / scale), -8, 7)
+            k[..., 0] = -8  # the block's extreme, so the quantizer picks this very scale
+            p.copy_((k * scale).reshape(p.shape))
+    model.save_pretrained(hf_dir)
+    return hf_dir
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+@pytest.mark.parametrize("arch,specials_of", ARCHS)
+def test_fused_quantized_export_agrees_with_pytorch(tmp_path, arch, specials_of, quantize):
+    hf = build_hf(tmp_path / "hf", arch, specials_of, hidden=64)  # head_dim 16 for GroupQueryAttention
+    if quantize == "int4":
+        snap_to_int4_grid(hf)
+    report = ex.export_onnx(hf, tmp_path / "out", quantize=quantize, graph="fused")  # min_agreement 0.9, 4 × 8 tokens
+    assert report["fp32_ok"] and report["int8_ok"] and report["int8_greedy_agreement"] >= 0.9, report
+    m = Manifest.load(tmp_path / "out")
+    assert (m.architecture, m.quantization) == (arch, {"int8": "int8-dynamic", "int4": "int4-nbits"}[quantize])
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node}
+    want = {"DynamicQuantizeMatMul"} if quantize == "int8" else {"MatMulNBits", "GatherBlockQuantized"}
+    assert want <= ops and "MatMul" not in ops, ops
+    assert ("Add" in ops) == (arch == "qwen2")  # q/k/v biases
+
+
+def test_int4_check_fails_a_model_it_changes(tmp_path):
+    """The same check on weights off the grid: int4 flips greedy tokens and the export is refused."""
+    hf = build_hf(tmp_path / "hf", "qwen2", "qwen", hidden=64)
+    with pytest.raises(ex.ExportValidationError, match="int4-nbits greedy agreement"):
+        ex.export_onnx(hf, tmp_path / "out", quantize="int4", graph="fused", steps=6, min_agreement=0.95)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("quantize", [None, "int8-dynamic", "int8-nbits", "int4-nbits"])
+def test_external_data_graph_equals_the_inline_one(tmp_path, quantize):
+    """A large model's weights go to model.onnx.data (aligned, mapped by onnxruntime); its logits
+    are those of the one-file graph, and the graph file itself holds no weights."""
+    from ghost_lsp.engine.decoder import Decoder
+    from ghost_lsp.tools.modelkit.export_check import session
+    from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
+
+    hf = build_hf(tmp_path / "hf", "qwen2", "qwen", hidden=64)
+    inline = build_llama_graph(hf, tmp_path / "a" / "model.onnx", quantize, external=False)
+    external = build_llama_graph(hf, tmp_path / "b" / "model.onnx", quantize, external=True)
+    assert not (tmp_path / "a" / "model.onnx.data").exists()
+    data = tmp_path / "b" / "model.onnx.data"
+    assert data.stat().st_size > 4 * external.stat().st_size
+    ids = [int(i) for i in np.random.default_rng(0).integers(3, 300, 12)]
+    runs = []
+    for path in (inline, external):
+        dec: Decoder = session(path)
+        runs.append(dec.run(ids, dec.empty_past())[0])
+    assert np.array_equal(runs[0], runs[1])
+
+
+def test_streamed_export_moves_the_data_file_into_the_folder(tmp_path, monkeypatch):
+    from ghost_lsp.tools.modelkit import llama_graph
+
+    monkeypatch.setattr(llama_graph, "INLINE_MAX", 0)  # every model "large"
+    hf = build_hf(tmp_path / "hf", "mistral", "starcoder", hidden=64)
+    report = ex.export_onnx(hf, tmp_path / "out", quantize="int8", graph="fused", steps=4)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "manifest.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
+    assert report["model_bytes"] == sum(p.stat().st_size for p in (tmp_path / "out").glob("model.onnx*"))
+    assert not list(tmp_path.glob(".ghost-export-*"))  # the work folder went
+    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.types import SamplingParams
+
+    assert OnnxEngine(tmp_path / "out").generate("def f():\n", SamplingParams(max_new_tokens=3)).token_ids
+
+
+def test_fused_memory_estimate_is_one_copy_and_refuses_with_the_numbers(tmp_path, monkeypatch):
+    from transformers import AutoConfig
+
+    hf = build_hf(tmp_path / "hf", "qwen2", "qwen", hidden=64)
+    from ghost_lsp.tools.bench.realsize import CONFIGS
+
+    # Qwen2.5-Coder-1.5B's published config, counted on the meta device.
+    (hf / "config.json").write_text((CONFIGS / "qwen2.5-coder-1.5b.json").read_text())
+    config = AutoConfig.from_pretrained(hf)
+    n = export_inputs.parameter_count(config)
+    # As if the folder held the real bf16 checkpoint (3.09 GB): 10.5 GiB; measured peak 8.97 GiB.
+    fused, _ = export_inputs.memory_needed(config, n, "fused")
+    optimum, _ = export_inputs.memory_needed(config, n, "optimum")
+    assert 1.5e9 < n < 1.6e9 and 10.4 < fused / 2**30 < 10.6 < optimum / 2**30
+    monkeypatch.setattr(export_inputs, "available_memory", lambda: 6 * 2**30)
+    with pytest.raises(ExportInputError, match=r"1\.54 B parameters need about 7\.\d GiB .*streamed.* 6\.0 GiB is"):
+        ex.export_onnx(hf, tmp_path / "out", graph="fused")
+    monkeypatch.setattr(export_inputs, "available_memory", lambda: 12 * 2**30)
+    assert export_inputs.check_memory(config, "fused") == n
+    with pytest.raises(ExportInputError, match="fp32 copies"):
+        export_inputs.check_memory(config, "optimum")
+
+
+def test_realsize_bench_runs_every_step_on_a_tiny_config(tmp_path):
+    """`bench --realsize` on a tiny qwen2 config: build, both fused exports, speed, the table."""
+    from ghost_lsp.tools.bench import realsize
+
+    cfg = json.loads((realsize.CONFIGS / "qwen2.5-coder-0.5b.json").read_text())
+    cfg.update(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=128, sliding_window=128)
+    (tmp_path / "tiny.json").write_text(json.dumps(cfg))
+    res = realsize.run_realsize(tmp_path / "tiny.json", tmp_path / "work", engines={"fused"}, rounds=1,
+                                n_prompt=16, n_new=4, threads=1)
+    assert [(r["engine"], r["format"]) for r in res["rows"]] == [("onnx fused", "int8"), ("onnx fused", "int4")]
+    for r in res["rows"]:
+        assert r["export_peak_rss_gb"] > 0.1 and r["bytes"] < r["fp32_bytes"] and r["prefill_ms"] > 0
+    assert "| onnx fused int4 |" in realsize.table(res) and not (tmp_path / "work" / "tiny").exists()
+
+
+def test_qwen2_gguf_matches_pytorch_in_llama_cpp(tmp_path):
+    """write_gguf's qwen2 mapping (biases, no rotary permutation): llama.cpp's f32 logits are PyTorch's."""
+    pytest.importorskip("llama_cpp")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ghost_lsp.tools.bench.peer_models import write_gguf
+    from ghost_lsp.tools.bench.peers import _llama_cpp_runner, logits_check
+
+    hf = build_hf(tmp_path / "hf", "qwen2", "qwen", hidden=64)
+    write_gguf(hf, tmp_path / "m.gguf", "f32")
+    ids = [int(i) for i in np.random.default_rng(0).integers(3, 300, 20)]
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)(torch.tensor([ids])).logits[0, -1].numpy()
+    r = _llama_cpp_runner(tmp_path / "m.gguf", "f32", 1, 32, f32_kv=True)
+    assert logits_check(ref, r.prefill(ids))["ok"]
+    r.close()
