@@ -362,3 +362,42 @@ def test_early_stop_closes_the_stream_on_serve_model(live):
         assert time.monotonic() - t0 < 5
         time.sleep(0.05)
     assert eng.generate("x = ", GREEDY, deadline=time.monotonic() + 10).finish_reason in ("length", "stop", "eos")
+
+
+def test_a_deadline_shorter_than_the_timeout_is_an_empty_answer_not_a_fault():
+    """A server that takes the connection but has not answered when the request's own deadline
+    passes: the suggestion is empty ("deadline"); the breaker does not count it. The same
+    silence past the server timeout is a fault."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held = []
+    stop_accepting = threading.Event()
+
+    def accept():  # take connections, never answer
+        srv.settimeout(0.2)
+        while not stop_accepting.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        eng = RemoteEngine(f"http://127.0.0.1:{srv.getsockname()[1]}", timeout_ms=2000, failures_to_open=1)
+        t0 = time.monotonic()
+        cand = eng.generate("x", SamplingParams(max_new_tokens=4), deadline=time.monotonic() + 0.2)
+        assert cand.finish_reason == "deadline" and cand.text == "" and time.monotonic() - t0 < 1.5
+        assert eng._failures == 0 and eng._open_until <= time.monotonic()
+        eng.timeout_s = 0.2  # now the server's own timeout passes first: a fault, the breaker opens
+        with pytest.raises(RemoteError, match="no answer within"):
+            eng.generate("x", SamplingParams(max_new_tokens=4), deadline=time.monotonic() + 5)
+        with pytest.raises(RemoteUnavailable):
+            eng.generate("x", SamplingParams(max_new_tokens=4), deadline=time.monotonic() + 5)
+    finally:
+        stop_accepting.set()
+        t.join()
+        for c in held:
+            c.close()
+        srv.close()

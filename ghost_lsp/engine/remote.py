@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from ghost_lsp.engine import remote_request as rq
 from ghost_lsp.engine.base import EngineError
+from ghost_lsp.engine.remote_request import DeadlinePassed, RemoteError, RemoteUnavailable  # noqa: F401 (re-exported)
 from ghost_lsp.engine.manifest import Manifest
 from ghost_lsp.types import Candidate, SamplingParams
 
@@ -46,21 +47,6 @@ log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = rq.CHARS_PER_TOKEN
 DEFAULT_CONTEXT = 2048
-
-
-class RemoteError(EngineError):
-    """The remote server failed this request (the message says how; never the token).
-
-    `server_fault`: the server is down or broken (counts towards the circuit breaker); False
-    when the server is up and refused or could not do this one request."""
-
-    def __init__(self, message: str, *, server_fault: bool = True):
-        super().__init__(message)
-        self.server_fault = server_fault
-
-
-class RemoteUnavailable(RemoteError):
-    """The circuit breaker is open: the server failed repeatedly; not asked for a while."""
 
 
 class RemoteEngine:
@@ -125,7 +111,7 @@ class RemoteEngine:
             return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
         return rq.estimate_tokens(text, self.chars_per_token)
 
-    def discover(self) -> bool:
+    def discover(self, deadline: float | None = None) -> bool:
         """Ask GET /v1/models for the model name, context length, dialect and (ghost-lsp
         servers) family.
 
@@ -137,7 +123,8 @@ class RemoteEngine:
             return self._discovered
         try:
             with self._lock:
-                status, body = self._request("GET", "/v1/models", None, time.monotonic() + self.timeout_s)
+                limit = time.monotonic() + self.timeout_s  # within a request: within its deadline too
+                status, body = self._request("GET", "/v1/models", None, min(limit, deadline or limit))
             if status != 200:
                 raise RemoteError(f"HTTP {status}: {rq.error_message(body)}")
             data = json.loads(body).get("data") or [{}]
@@ -198,7 +185,7 @@ class RemoteEngine:
         for attempt in (0, 1):
             timeout = min(self.timeout_s, deadline - time.monotonic())
             if timeout <= 0:
-                raise RemoteError(f"{self.url}: deadline passed before the request was sent")
+                raise DeadlinePassed(f"{self.url}: deadline passed before the request was sent", server_fault=False)
             reused = self._conn is not None and self._conn.sock is not None
             conn = self._connection(timeout)
             try:
@@ -211,6 +198,8 @@ class RemoteEngine:
                 raise RemoteError(f"{self.url}: connection lost ({e.__class__.__name__})") from None
             except (socket.timeout, TimeoutError):
                 self._drop()
+                if timeout < self.timeout_s:  # the request's deadline, shorter than the server timeout
+                    raise DeadlinePassed(f"{self.url}: no answer before the deadline", server_fault=False) from None
                 raise RemoteError(f"{self.url}: no answer within {timeout * 1000:.0f} ms") from None
             except OSError as e:
                 self._drop()
@@ -237,6 +226,8 @@ class RemoteEngine:
         try:
             with self._lock:
                 cand = self._generate(prompt, params, cancel, deadline)
+        except DeadlinePassed:
+            return Candidate(text="", finish_reason="deadline")
         except RemoteError as e:
             return self._fail(e, prompt, params, cancel, deadline)
         if self._failures:
@@ -277,7 +268,7 @@ class RemoteEngine:
                        truncate_to=room if self._tokenizer is None else None)
 
     def _generate(self, prompt, params, cancel, deadline) -> Candidate:
-        self.discover()
+        self.discover(deadline)
         body = self.request_body(prompt, params)
         t0 = time.perf_counter()
         while True:
@@ -329,8 +320,11 @@ class RemoteEngine:
                 try:
                     line = resp.readline(1 << 20)
                 except (socket.timeout, TimeoutError):
+                    if deadline - time.monotonic() <= 0:
+                        reason = "deadline"  # the request's own time ran out: not the server's fault
+                        break
                     if cand.text or parts:
-                        reason = "deadline" if deadline - time.monotonic() <= 0 else "timeout"
+                        reason = "timeout"
                         break
                     raise RemoteError(f"{self.url}: no tokens within {self.timeout_s * 1000:.0f} ms") from None
                 if not line:

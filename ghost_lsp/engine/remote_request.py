@@ -29,6 +29,7 @@ import json
 import logging
 import math
 
+from ghost_lsp.engine.base import EngineError
 from ghost_lsp.types import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -174,3 +175,24 @@ def stops(check, text: str) -> bool:
     except Exception:  # noqa: BLE001 - a broken rule must not lose the suggestion
         log.exception("stop_check failed; ignored")
         return False
+
+
+# -- errors (raised by remote.py; here so that module stays one screen shorter) --------------
+
+class RemoteError(EngineError):
+    """The remote server failed this request (the message says how; never the token).
+
+    `server_fault`: the server is down or broken (counts towards the circuit breaker); False
+    when the server is up and refused or could not do this one request."""
+
+    def __init__(self, message: str, *, server_fault: bool = True):
+        super().__init__(message)
+        self.server_fault = server_fault
+
+
+class RemoteUnavailable(RemoteError):
+    """The circuit breaker is open: the server failed repeatedly; not asked for a while."""
+
+
+class DeadlinePassed(RemoteError):
+    """This request's deadline passed before any answer: an empty suggestion, not a fault."""
