@@ -9,6 +9,8 @@ the sampler's random state.
 
 from __future__ import annotations
 
+import logging
+
 import codecs
 
 import numpy as np
@@ -108,3 +110,13 @@ def first_stop(text: str, stops: list[str], seen: int = 0) -> int:
     searched without a hit (the decode loop's text only grows): only matches ending after it
     are looked for."""
     return min((i for i in (text.find(s, max(0, seen - len(s) + 1)) for s in stops) if i >= 0), default=-1)
+
+
+def stop_check_fires(check, text: str) -> bool:
+    """The completer's early-stop rule on the text so far (`SamplingParams.stop_check`), for any
+    engine's loop: a broken rule never stops the generation nor loses the suggestion."""
+    try:
+        return bool(check(text))
+    except Exception:  # noqa: BLE001
+        logging.getLogger(__name__).exception("stop_check failed; ignored")
+        return False

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from ghost_lsp.engine.base import EngineError
-from ghost_lsp.engine.decode import Generation, first_stop
+from ghost_lsp.engine.decode import Generation, first_stop, stop_check_fires
 from ghost_lsp.engine.healing import heal_prompt
 from ghost_lsp.engine.kv_cache import KvEntry
 from ghost_lsp.engine.sampling import log_softmax, token_logprob
@@ -148,7 +148,7 @@ class LocalModel:
                     del cand.token_ids[n_keep:], cand.logprobs[n_keep:], cand.model_logprobs[n_keep:]
                     reason = "stop"
                     break
-                if params.stop_check is not None and self._stop_check(params.stop_check, text):
+                if params.stop_check is not None and stop_check_fires(params.stop_check, text):
                     reason = "early_stop"
                     break
             if step + 1 >= max_steps:
@@ -171,14 +171,6 @@ class LocalModel:
         cand.finish_reason = reason
         cand.decode_ms = (time.perf_counter() - t1) * 1000
         return cand
-
-    @staticmethod
-    def _stop_check(check, text: str) -> bool:
-        try:
-            return bool(check(text))
-        except Exception:  # noqa: BLE001 - a broken hook must not kill the generation
-            log.exception("stop_check failed; ignored")
-            return False
 
     def token_logprobs(self, prompt: str, continuation: str | list[int]) -> list[float]:
         """Log-prob of each token of `continuation` (text or token ids) given `prompt`.

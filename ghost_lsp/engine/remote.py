@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from ghost_lsp.engine import remote_request as rq
 from ghost_lsp.engine.base import EngineError
+from ghost_lsp.engine.decode import stop_check_fires
 from ghost_lsp.engine.remote_request import DeadlinePassed, RemoteError, RemoteUnavailable  # noqa: F401 (re-exported)
 from ghost_lsp.engine.manifest import Manifest
 from ghost_lsp.types import Candidate, SamplingParams
@@ -357,7 +358,7 @@ class RemoteEngine:
                     cand.offsets += [int(x) for x in lp.get("text_offset") or []]
                 if choice.get("finish_reason"):
                     reason = choice["finish_reason"]
-                elif piece and stop_check is not None and rq.stops(stop_check, "".join(parts)):
+                elif piece and stop_check is not None and stop_check_fires(stop_check, "".join(parts)):
                     reason = "early_stop"  # every further token would be cut: stop the server
                     break
         except (OSError, http.client.HTTPException) as e:

@@ -168,15 +168,6 @@ def retry_after(value: str | None) -> float:
         return 0.25
 
 
-def stops(check, text: str) -> bool:
-    """The completer's early-stop rule on the text so far (a broken rule never stops)."""
-    try:
-        return bool(check(text))
-    except Exception:  # noqa: BLE001 - a broken rule must not lose the suggestion
-        log.exception("stop_check failed; ignored")
-        return False
-
-
 # -- errors (raised by remote.py; here so that module stays one screen shorter) --------------
 
 class RemoteError(EngineError):
