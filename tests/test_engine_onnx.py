@@ -136,6 +136,27 @@ def test_eos_ends_generation(plain_engine, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_family_end_token_ends_generation_other_control_tokens_stay_banned(tiny_model_dir, tmp_path, monkeypatch):
+    """The manifest's stop tokens that are control tokens (CodeLlama's EOT beside </s>, Qwen's
+    <|file_sep|>, ...) end a completion like end-of-text; a stop that is text stays a string stop."""
+    import json
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    man = json.loads((folder / "manifest.json").read_text())
+    man["stop_tokens"] = ["<|pad|>", "\n\n\n"]
+    (folder / "manifest.json").write_text(json.dumps(man))
+    eng = OnnxEngine(folder, token_healing=False)
+    pad = eng.tokenizer.token_to_id("<|pad|>")
+    assert eng.vocab.end_ids == {eng.eos_id, pad} and eng.vocab.allowed[pad]
+    assert not eng.vocab.allowed[eng.tokenizer.token_to_id("<fim_prefix>")]
+    script(eng, monkeypatch, [{"x": 5, "<fim_prefix>": 9}, {"<|pad|>": 9, "x": 5}, {"x": 5}])
+    c = eng.generate("a = 1\n", GREEDY)
+    assert (c.text, c.finish_reason, len(c.token_ids)) == ("x", "eos", 1)
+
+
+@pytest.mark.slow
 def test_cancel_stops_within_one_step(engine):
     class CancelAfter(threading.Event):
         def __init__(self, n):

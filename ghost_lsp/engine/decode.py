@@ -20,13 +20,18 @@ from ghost_lsp.engine.sampling import choose_token
 
 
 class Vocabulary:
-    def __init__(self, token_bytes: list[bytes], banned: np.ndarray, eos_id: int | None, healing: bool = True):
+    def __init__(self, token_bytes: list[bytes], banned: np.ndarray, eos_id: int | None, healing: bool = True,
+                 end_ids=()):
         self.token_bytes = token_bytes
         self.eos_id = eos_id
-        # Control tokens (FIM markers, pad) are banned; end-of-text may still be chosen.
+        # Tokens that end a completion: end-of-text and the family's other end/stop control
+        # tokens (CodeLlama's EOT beside </s>, Qwen's <|file_sep|>, CodeGemma's <|file_separator|>).
+        # Banned, the model would have to write on where it means to stop.
+        self.end_ids = frozenset(i for i in (eos_id, *end_ids) if i is not None and 0 <= i < len(token_bytes))
+        # Control tokens (FIM markers, pad) are banned; the end tokens may still be chosen.
         self.allowed = ~banned
-        if eos_id is not None and eos_id < len(token_bytes):
-            self.allowed[eos_id] = True
+        for i in self.end_ids:
+            self.allowed[i] = True
         self.allowed.flags.writeable = False  # fixed: sampling.apply_mask remembers its banned ids
         self.healer = Healer(token_bytes, banned) if healing else None
 

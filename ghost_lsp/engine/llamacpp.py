@@ -170,7 +170,9 @@ class LlamaCppEngine(LocalModel):
         # Control and unused tokens (FIM markers, pad, BOS) are never generated; they spell no text.
         self.token_bytes = [b"" if a & (ATTR_CONTROL | ATTR_UNUSED) else m.piece(i) for i, a in enumerate(attrs)]
         banned = np.array([bool(a & (ATTR_CONTROL | ATTR_UNUSED)) for a in attrs], dtype=bool)
-        self.vocab = Vocabulary(self.token_bytes, banned, self.eos_id, healing=token_healing)
+        ends = [ids.get(t) for t in self.manifest.stop_tokens or ()]
+        self.vocab = Vocabulary(self.token_bytes, banned, self.eos_id, healing=token_healing,
+                                end_ids=[i for i in ends if i is not None and banned[i]])  # control tokens only
         fim = self.manifest
         self._fim_ids = (ids.get(fim.fim_suffix), ids.get(fim.fim_middle)) if fim.fim else (None, None)
         bos = lc.llama_vocab_bos(m.vocab)

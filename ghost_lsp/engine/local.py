@@ -127,7 +127,7 @@ class LocalModel:
             mask = gen.mask()
             scores = hooks.scores(logits, mask)
             tok, lp = gen.choose(scores, mask, params)
-            if tok == self.eos_id:
+            if tok in self.vocab.end_ids:
                 reason = "eos"
                 break
             cand.token_ids.append(tok)

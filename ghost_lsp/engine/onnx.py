@@ -72,7 +72,9 @@ class OnnxEngine(LocalModel):
         banned = np.zeros(size, dtype=bool)
         banned[[i for i in special if i < size]] = True
         banned[self.tokenizer.get_vocab_size(with_added_tokens=True):] = True
-        self.vocab = Vocabulary(self.token_bytes, banned, self.eos_id, healing=token_healing)
+        ends = [self.tokenizer.token_to_id(t) for t in self.manifest.stop_tokens or ()]
+        self.vocab = Vocabulary(self.token_bytes, banned, self.eos_id, healing=token_healing,
+                                end_ids=[i for i in ends if i in special])  # control tokens only: text stops stay strings
         # FIM prompts are healed at the cursor (before <fim_suffix>), not at <fim_middle>
         self._fim_ids = ((self.tokenizer.token_to_id(self.manifest.fim_suffix),
                           self.tokenizer.token_to_id(self.manifest.fim_middle)) if self.manifest.fim else (None, None))

@@ -101,7 +101,7 @@ class Sequence:
         self.steps += 1
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        if tok == eng.eos_id:
+        if tok in eng.vocab.end_ids:
             return self.finish("stop")
         visible = self.gen.take(tok)
         self.tok_text.append(eng.token_bytes[tok].decode("utf-8", "replace"))
