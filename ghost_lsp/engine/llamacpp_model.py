@@ -35,6 +35,13 @@ _log_callback = None  # the ctypes callback must outlive every call into llama.c
 _errors: collections.deque[str] = collections.deque(maxlen=6)  # llama.cpp's last error lines
 
 
+def extra_bufts_safe(lc) -> bool:
+    """Whether llama.cpp's repacked/AMX weight layouts may be used: on this project's AMX
+    machine a q8_0 model crashed (SIGSEGV) in any batch of more than one token with them on
+    (llama-cpp-python 0.3.36, Llama class too); off, it runs. So: off where the CPU has AMX."""
+    return b"AMX_INT8 = 1" not in (lc.llama_print_system_info() or b"")
+
+
 def import_llama_cpp():
     """llama_cpp, its log routed to Python logging and its backend initialised (once); a missing
     package is one EngineError naming the extra."""
@@ -78,12 +85,7 @@ class GgufModel:
         self.path = path
         _errors.clear()
         mp = lc.llama_model_default_params()
-        if extra_bufts is None:
-            extra_bufts = b"AMX_INT8 = 1" not in (lc.llama_print_system_info() or b"")
-        # llama.cpp's repacked/AMX weight layouts: on this project's AMX machine a q8_0 model
-        # crashed (SIGSEGV) in any batch of more than one token with them on (llama-cpp-python
-        # 0.3.36, Llama class too); off, it runs. Auto: off where the CPU has AMX.
-        mp.use_extra_bufts = bool(extra_bufts)
+        mp.use_extra_bufts = extra_bufts_safe(lc) if extra_bufts is None else bool(extra_bufts)
         model = lc.llama_model_load_from_file(str(path).encode(), mp)
         if not model:
             raise EngineError(f"{path}: llama.cpp cannot load it ({last_errors() or 'no reason given'})")

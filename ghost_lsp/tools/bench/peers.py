@@ -117,12 +117,14 @@ def _ghost_runner(folder: Path, fmt: str, threads: int) -> Runner:
 @contextlib.contextmanager
 def _load_params():
     """Model-load parameters for the Llama class: llama.cpp's repacked/AMX weight layouts off
-    on CPUs with AMX, where they crash quantized models in llama-cpp-python 0.3.36 (as the GGUF
-    engine does, engine/llamacpp_model.py). The Llama class has no argument for it."""
+    where the GGUF engine turns them off (engine/llamacpp_model.extra_bufts_safe). The Llama
+    class has no argument for it."""
     import llama_cpp.llama_cpp as lc
 
+    from ghost_lsp.engine.llamacpp_model import extra_bufts_safe
+
     orig = lc.llama_model_default_params
-    if b"AMX_INT8 = 1" not in (lc.llama_print_system_info() or b""):
+    if extra_bufts_safe(lc):
         yield True
         return
 
