@@ -11,7 +11,7 @@ from ghost_lsp.engine.manifest import Manifest
 from ghost_lsp.tools.modelkit import export as ex
 from ghost_lsp.tools.modelkit import export_inputs
 from ghost_lsp.tools.modelkit.export_inputs import ExportInputError
-from ghost_lsp.tools.modelkit.tiny import TINY_CORPUS
+from test_families import byte_level
 
 pytestmark = pytest.mark.slow
 
@@ -32,15 +32,7 @@ SPECIALS = {
 
 
 def _tokenizer(specials):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator([TINY_CORPUS] * 4, trainers.BpeTrainer(
-        vocab_size=400, min_frequency=0, special_tokens=specials, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return tok
+    return byte_level(specials, vocab_size=400)
 
 
 def build_hf(folder, arch, specials_of, hidden=32):

@@ -45,14 +45,14 @@ MODEL_TYPE = {"qwen": "qwen2", "deepseek": "llama", "starcoder": "gpt_bigcode", 
 SENTENCEPIECE = {"codellama": True, "codegemma": False, "phi3": True}  # value: dummy prefix space
 
 
-def byte_level(specials):
+def byte_level(specials, vocab_size: int = 500):
     """GPT-2 style byte-level BPE (trained on the tiny corpus) with the family's special tokens."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     from tokenizers import trainers
     tok.train_from_iterator([TINY_CORPUS] * 4, trainers.BpeTrainer(
-        vocab_size=500, min_frequency=0, special_tokens=specials, show_progress=False,
+        vocab_size=vocab_size, min_frequency=0, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return tok
 
