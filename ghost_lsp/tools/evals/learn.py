@@ -72,8 +72,6 @@ def run_project(source: str, base: Path, minutes: list[float], *, lines: int, lr
 
         def measure(model: Path) -> dict:
             m = run_keystrokes(source, model=str(model), lines=lines, test_share=0.3, config=str(cfg))
-            m.pop("_latencies", None)
-            m.pop("_line_similarity", None)
             return {k: m[k] for k in ("keystrokes_saved", "shown_rate", "right_rate", "next_line_exact_match",
                                       "next_line_edit_similarity", "line_exact", "lines", "requests",
                                       "latency_p50_ms", "latency_p95_ms")}
