@@ -1,7 +1,7 @@
 """`bench` section `train`: how much of the CPU the training step uses.
 
 Side by side in one run: the bf16 matmul peak (2048² × 2048², the best of a few), and one
-training step (forward, backward, clip, fused AdamW: what `modelkit.train` does) of the model
+training step (`modelkit.step.train_step`: forward, backward, clip, fused AdamW) of the model
 folder's architecture at the recipe's batch (8 × its context), for the compact definition
 compiled and eager and Hugging Face's Llama eager, at each thread count. Reported per row:
 tokens/s (median step), GFLOP/s at 6·N per token, and that as a share of the peak at the same
@@ -50,8 +50,10 @@ def _model(config: dict, impl: str):
 
 def step_speed(config: dict, impl: str, threads: int, batch: int, context: int, steps: int = 6,
                warmup: int = 3) -> dict:
-    """Median seconds of a full training step (bf16 autocast), as modelkit.train runs it."""
+    """Median seconds of a full training step (bf16 autocast), the one modelkit.train runs."""
     import torch
+
+    from ghost_lsp.tools.modelkit.step import train_step
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)
@@ -63,13 +65,7 @@ def step_speed(config: dict, impl: str, threads: int, batch: int, context: int, 
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = forward(inp).float()
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), tgt.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, forward, opt, inp, tgt, bf16=True)
         if i >= warmup:
             times.append(time.perf_counter() - t)
     n_params = sum(p.numel() for p in model.parameters())

@@ -13,7 +13,9 @@ pre-decay weights (checkpoint.py) a later run continues with `resume_from`.
 
 Distillation: with `teacher` set, the loss is
     alpha * T² * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * cross-entropy,
-over the full vocabulary (small here: 8k).
+over the full vocabulary (small here: 8k), the teacher run at every step. With `teacher_top_k`
+set, the teacher runs once instead: its k best logits on a fixed set of windows are cached on disk
+(teacher_cache.py) and the student trains on those windows (step.kl_topk).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from ghost_lsp.tools.modelkit.data import Batcher, fixed_windows, tokenize_split  # noqa: F401 (re-exported)
 from ghost_lsp.tools.modelkit.checkpoint import load_resume_state, save_weights  # noqa: F401 (re-exported)
+from ghost_lsp.tools.modelkit.step import kl_full, kl_topk, train_step
 from ghost_lsp.tools.modelkit.tokenizer import EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,9 @@ class TrainConfig:
     init_from: str = ""             # HF folder to start from (continue training) instead of random weights
     distill_alpha: float = 0.7      # weight of the KL term
     distill_temperature: float = 2.0
+    teacher_top_k: int = 0          # >0: the teacher's top-k logits cached on disk once, not run per step
+    teacher_cache: str = ""         # folder of that cache (default: <out_dir>/../teacher-topk)
+    teacher_cache_windows: int = 2000  # windows the teacher reads (the student cycles through them)
     impl: str = "hf"                # "compact": modelkit/compact.py (same weights, ~1.5x faster step)
     schedule: str = "cosine"        # "wsd": warmup, stable, decay in the last `decay_frac` of the run
     decay_frac: float = 0.15        # wsd: share of the budget spent decaying to min_lr
@@ -212,8 +218,17 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
             model = make_model(cfg, tok.get_vocab_size(), sp)
         forward = lambda ids: model(input_ids=ids).logits  # noqa: E731
     n_params = sum(p.numel() for p in model.parameters())
-    teacher = None
-    if cfg.teacher:
+    teacher = cached = None
+    if cfg.teacher and cfg.teacher_top_k:
+        from ghost_lsp.tools.modelkit.teacher_cache import CachedTeacher, build_teacher_cache
+
+        cache_dir = Path(cfg.teacher_cache) if cfg.teacher_cache else out.parent / "teacher-topk"
+        build_teacher_cache(cfg.teacher, train_tokens, sp, tokenizer_path, cache_dir,
+                            windows=cfg.teacher_cache_windows, context=cfg.context_length, k=cfg.teacher_top_k,
+                            fim_rate=cfg.fim_rate, seed=cfg.seed, bf16=cfg.bf16, device=cfg.device,
+                            progress=progress)
+        cached = CachedTeacher(cache_dir, cfg.context_length, seed=cfg.seed)
+    elif cfg.teacher:
         from transformers import AutoModelForCausalLM
 
         teacher = AutoModelForCausalLM.from_pretrained(cfg.teacher).eval()
@@ -286,25 +301,22 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
             stable_saved = True
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        x = torch.from_numpy(batcher.batch(cfg.batch_size)).to(cfg.device, non_blocking=True)
+        distill = None
+        if cached is not None:
+            xb, t_ids, t_vals = cached.batch(cfg.batch_size)
+            x = torch.from_numpy(xb).to(cfg.device, non_blocking=True)
+            t_ids, t_vals = torch.from_numpy(t_ids).to(cfg.device), torch.from_numpy(t_vals).to(cfg.device)
+            distill = lambda logits: kl_topk(logits, t_ids, t_vals, cfg.distill_temperature)  # noqa: E731
+        else:
+            x = torch.from_numpy(batcher.batch(cfg.batch_size)).to(cfg.device, non_blocking=True)
         inp, tgt = x[:, :-1], x[:, 1:]
-        with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = forward(inp).float()
-            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
-            loss = ce
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits = teacher(input_ids=inp).logits.float()
-                T = cfg.distill_temperature
-                kl = torch.nn.functional.kl_div(
-                    torch.log_softmax(logits / T, -1).reshape(-1, logits.shape[-1]),
-                    torch.log_softmax(t_logits / T, -1).reshape(-1, logits.shape[-1]),
-                    log_target=True, reduction="batchmean") * T * T
-                loss = cfg.distill_alpha * kl + (1 - cfg.distill_alpha) * ce
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        if teacher is not None:
+            with torch.no_grad(), torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16,
+                                                 enabled=cfg.bf16):
+                t_logits = teacher(input_ids=inp).logits.float()
+            distill = lambda logits: kl_full(logits, t_logits, cfg.distill_temperature)  # noqa: E731
+        loss, ce = train_step(model, forward, opt, inp, tgt, bf16=cfg.bf16, distill=distill,
+                              alpha=cfg.distill_alpha)
         step += 1
         tokens_seen += inp.numel()
         if bar is not None:
@@ -339,6 +351,9 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
                    cumulative_tokens=prior_tokens + tokens_seen, cumulative_steps=prior_steps + step,
                    runs=runs + [this_run()],
                    gflops_per_s=round(6 * n_params * tokens_seen / (minutes * 60) / 1e9, 1))
+    if cached is not None:
+        summary["teacher_cache"] = {"windows": len(cached.inputs), "k": cfg.teacher_top_k,
+                                    "passes": round(cached.passes + cached.pos / len(cached.order), 2)}
     save("final")
     if (out / "train_state.json").exists():
         # the record of every run (with cumulative tokens) travels with the resumable weights
