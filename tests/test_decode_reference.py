@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from ghost_lsp.engine import decode as decode_mod
-from ghost_lsp.engine.ngram import MAX_CONTEXT, Estimate, MixStats, NgramModel, NgramTable, context_hashes
+from ghost_lsp.engine.ngram import Estimate, MixStats, NgramModel
+from ghost_lsp.engine.ngram_table import MAX_CONTEXT, NgramTable, context_hashes
 from ghost_lsp.engine.sampling import choose_token, token_logprob
 
 

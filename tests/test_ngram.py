@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ghost_lsp.engine.ngram_index import ChunkTokenizer, WorkspaceNgrams, adaptation, workspace_for
-from ghost_lsp.engine.ngram import BYTES_PER_TOKEN, MAX_CONTEXT, MixStats, NgramModel, NgramTable, context_hash
+from ghost_lsp.engine.ngram import MixStats, NgramModel
+from ghost_lsp.engine.ngram_table import BYTES_PER_TOKEN, MAX_CONTEXT, NgramTable, context_hash
 from ghost_lsp.settings.core import Settings
 
 

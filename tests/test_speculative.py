@@ -5,7 +5,8 @@ trimmed KV cache, and a fallback for graphs that return only the last position."
 import numpy as np
 import pytest
 
-from ghost_lsp.engine.ngram import NgramModel, NgramTable
+from ghost_lsp.engine.ngram import NgramModel
+from ghost_lsp.engine.ngram_table import NgramTable
 from ghost_lsp.engine.onnx import OnnxEngine
 from ghost_lsp.engine.speculative import Adapt, prompt_lookup
 from ghost_lsp.types import SamplingParams

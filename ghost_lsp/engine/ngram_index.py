@@ -1,5 +1,6 @@
 """The workspace token n-gram cache: the project's files, the open documents and the current
-document, in the model's own tokens (engine/ngram.py does the counting and the estimate).
+document, in the model's own tokens (engine/ngram_table.py does the counting, engine/ngram.py
+the estimate).
 
 Three tiers, weighted when summed: the current document (weight 4), the other open documents
 (2), the project's indexed Python files (1). The project tier is built in a background thread
@@ -32,7 +33,8 @@ import numpy as np
 
 from ghost_lsp.engine.base import LocalTokens
 from ghost_lsp.positions import split_at
-from ghost_lsp.engine.ngram import BYTES_PER_TOKEN, MAX_CONTEXT, NgramModel, NgramTable
+from ghost_lsp.engine.ngram import NgramModel
+from ghost_lsp.engine.ngram_table import BYTES_PER_TOKEN, MAX_CONTEXT, NgramTable
 
 log = logging.getLogger(__name__)
 

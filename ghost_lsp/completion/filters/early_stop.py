@@ -15,9 +15,12 @@ Why each shortcut is exact (every rule fired on nothing so far, else the state w
   must have its last matched copy on a changed word, so only runs reaching those are followed.
 - recurring: counts of finished lines and of 5-word phrases of finished words are kept; only
   the last line and the phrase with the last (still growing) word are counted per call.
-- end of block: a line's verdict depends only on the text up to its first non-blank character
-  (its indentation, that character, the code mask there), so each line is judged once, and the
-  scanner giving the mask advances over each character once.
+- end of block (indentation): a line's verdict depends only on the text up to its first
+  non-blank character (its indentation, that character, the code mask there), so each line is
+  judged once, and the scanner giving the mask advances over each character once.
+- end of block (braces): `structure.BraceBlockEnd`, the one form of that rule, keeps the
+  scanner's state where a longer text cannot change it and steps again only over the last few
+  characters (see it).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import re
 
 from ghost_lsp.completion.filters.cycles import _PERIODIC, repeated_lines
 from ghost_lsp.completion.filters.lexical import _LEX, _indent, _norm, _substantial, code_mask_after, context_scan
-from ghost_lsp.completion.filters.structure import _brace_block_end
+from ghost_lsp.completion.filters.structure import BraceBlockEnd
 from ghost_lsp.languages import BRACE_LANGUAGES
 from ghost_lsp.settings.filters import FilterSettings
 from ghost_lsp.types import Context
@@ -48,6 +51,7 @@ class StopCheck:
         self.fired: str | None = None
         self._lines = 0
         self._brace = ctx.language in BRACE_LANGUAGES
+        self._braces: BraceBlockEnd | None = None  # made at its first use (it scans the prefix)
         self._reset()
 
     def _reset(self) -> None:
@@ -72,6 +76,8 @@ class StopCheck:
         self._block_at = -1  # end of block: where the first line not yet judged starts (-1: none yet)
         self._block_line = 0
         self._scan = None    # (offset in tail + text, scanner state there)
+        if self._braces is not None:
+            self._braces.reset()
 
     def __call__(self, text: str) -> bool:
         if not text.startswith(self._text):
@@ -111,7 +117,9 @@ class StopCheck:
                     return True
         if self.multiline and s.end_of_block and "\n" in text:
             if self._brace:
-                if _brace_block_end(text, self.ctx) is not None:
+                if self._braces is None:
+                    self._braces = BraceBlockEnd(self.ctx)
+                if self._braces(text) is not None:
                     self.fired = "end_of_block"
                     return True
             elif text.rsplit("\n", 1)[-1].strip() and self._block_end(text):

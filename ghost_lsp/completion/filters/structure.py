@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from ghost_lsp.completion.filters.lexical import code_mask_after, _indent, Scanner
+from ghost_lsp.completion.filters.lexical import _LOOKAHEAD, Scanner, _indent, code_mask_after
 from ghost_lsp.languages import BRACE_LANGUAGES, language_of
 from ghost_lsp.settings.filters import MAX_LINES
 from ghost_lsp.types import Context
@@ -64,28 +64,68 @@ def _indent_block_end(text: str, ctx: Context) -> int | None:
     return None
 
 
+class BraceBlockEnd:
+    """The '}' closing the cursor's enclosing block, asked again as the text grows.
+
+    `finder(text)` is `_brace_block_end(text, ctx)`: (cut offset, keep the closer), or None.
+    Called with texts that extend the previous one (the early-stop check, once per decoded
+    token), each character is stepped over once: a scanner step from offset i reads at most
+    `_LOOKAHEAD` characters, so one that starts that far before the text's end reads the same
+    in any longer text and its state is kept; only the last few characters are stepped again,
+    on a copy. A text that does not extend the previous one starts over. `stepped` counts the
+    characters stepped over (the tests' measure of the work).
+    """
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.syn = language_of(ctx.language)
+        start = Scanner(self.syn)
+        # the string/comment state at the cursor comes from the prefix; brackets start from zero
+        start.feed(ctx.prefix[-2000:])
+        start.stack, start.errors = [], 0
+        self._start = start
+        self.stepped = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self._text = ""
+        self._at, self._state = 0, self._start.copy()  # the kept state, at a step boundary
+        self._found: tuple[int, bool] | None = None    # a '}' found where no longer text changes it
+
+    def __call__(self, text: str) -> tuple[int, bool] | None:
+        if not text.startswith(self._text):
+            self.reset()
+        self._text = text
+        if self._found is None:
+            i, self._found = self._scan(self._state, text, self._at, len(text) - _LOOKAHEAD + 1)
+            if self._found is None:
+                self._at = i
+                return self._scan(self._state.copy(), text, i, len(text))[1]
+        return self._found
+
+    def _scan(self, s: Scanner, text: str, i: int, stop: int) -> tuple[int, tuple[int, bool] | None]:
+        """Step `s` from offset i until a step boundary at or after `stop`, or the closing '}'."""
+        syn, n = self.syn, len(text)
+        while i < stop:
+            if text[i] == "}" and not s.stack and s.quote is None and not s.block and not s.line_comment:
+                return i, self._cut(text, i)
+            s._step(text, i, n, syn)
+            self.stepped += s._i - i
+            i = s._i
+        return i, None
+
+    def _cut(self, text: str, i: int) -> tuple[int, bool]:
+        if self.ctx.suffix.lstrip().startswith("}"):
+            line_start = text.rfind("\n", 0, i) + 1
+            if text[line_start:i].strip() == "":
+                return max(0, line_start - 1), False
+            return i, False
+        return i + 1, True
+
+
 def _brace_block_end(text: str, ctx: Context) -> tuple[int, bool] | None:
     """(cut offset, keep the closer) at the '}' closing the cursor's enclosing block."""
-    syn = language_of(ctx.language)
-    s = Scanner(syn)
-    # the string/comment state at the cursor comes from the prefix; brackets start from zero
-    s.feed(ctx.prefix[-2000:])
-    s.stack, s.errors = [], 0
-    i, n = 0, len(text)
-    while i < n:
-        code = s.quote is None and not s.block and not s.line_comment
-        depth = len(s.stack)
-        s._step(text, i, n, syn)
-        if text[i] == "}" and code and depth == 0:
-            suffix_has = ctx.suffix.lstrip().startswith("}")
-            line_start = text.rfind("\n", 0, i) + 1
-            if suffix_has:
-                if text[line_start:i].strip() == "":
-                    return max(0, line_start - 1), False
-                return i, False
-            return i + 1, True
-        i = s._i
-    return None
+    return BraceBlockEnd(ctx)(text)
 
 
 def end_of_block(text: str, ctx: Context) -> tuple[str, str | None]:
