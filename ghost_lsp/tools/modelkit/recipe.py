@@ -125,7 +125,8 @@ def resume_source(r: Recipe) -> Path:
                      f"{r.out / 'checkpoint'} holds stable.safetensors (train without --resume first)")
 
 
-def stage_train(r: Recipe, stage: str, resume: bool = False, minutes: float | None = None) -> dict:
+def stage_train(r: Recipe, stage: str, resume: bool = False, minutes: float | None = None,
+                steps: int | None = None, run_name: str | None = None) -> dict:
     from ghost_lsp.tools.modelkit.train import TrainConfig, train
 
     if resume and stage != "base":
@@ -161,13 +162,23 @@ def stage_train(r: Recipe, stage: str, resume: bool = False, minutes: float | No
         return stage_ditto(r)
     elif stage in ("student", "baseline"):
         cfg = r.section("student")
-        cfg.pop("teacher", None)
+        teacher = cfg.pop("teacher", "teacher")
+        for k in ("teacher_top_k", "teacher_cache", "teacher_cache_windows"):
+            if stage == "baseline":
+                cfg.pop(k, None)  # the same student trained alone
         if stage == "student":
-            cfg["teacher"] = str(r.stage_dir("teacher"))
+            # `teacher`: a stage of this work folder (default "teacher"), else a model checkpoint folder
+            cand = r.stage_dir(teacher)
+            cfg["teacher"] = str(cand if cand.is_dir() else (REPO / teacher if not Path(teacher).is_absolute()
+                                                             else Path(teacher)))
+        if cfg.get("teacher_top_k") and not cfg.get("teacher_cache"):
+            cfg["teacher_cache"] = str(r.stage_dir("teacher-topk"))
     else:
         raise SystemExit(f"ghost-lsp: unknown stage {stage!r} (base, teacher, student, baseline, ditto)")
-    cfg["name"] = stage
-    return train(TrainConfig.from_dict(cfg), r.corpus_dir, r.tokenizer_path, r.stage_dir(stage))
+    if steps:
+        cfg["max_steps"] = steps
+    cfg["name"] = run_name or stage
+    return train(TrainConfig.from_dict(cfg), r.corpus_dir, r.tokenizer_path, r.stage_dir(run_name or stage))
 
 
 def stage_package(r: Recipe) -> dict:
@@ -273,6 +284,8 @@ def add_model_parsers(subparsers) -> None:
                             help="continue the base stage from its pre-decay checkpoint (this machine's last "
                                  "run, else the model folder's checkpoint/)")
             sp.add_argument("--minutes", type=float, help="wall-clock budget of this run (overrides the recipe)")
+            sp.add_argument("--steps", type=int, help="a fixed number of steps instead (overrides the recipe)")
+            sp.add_argument("--run-name", help="the run's folder under the work folder (default: the stage's name)")
         if name == "corpus":
             sp.add_argument("--sdist-dir", help="use sdists already in this folder instead of downloading")
         if name == "eval":
@@ -303,7 +316,8 @@ def run_model_command(args: argparse.Namespace) -> int:
     if cmd in ("tokenizer", "build"):
         stage_tokenizer(r)
     if cmd == "train":
-        print(json.dumps(stage_train(r, args.stage, resume=args.resume, minutes=args.minutes), indent=1))
+        print(json.dumps(stage_train(r, args.stage, resume=args.resume, minutes=args.minutes,
+                                      steps=args.steps, run_name=args.run_name), indent=1))
     if cmd == "build":
         for stage in (("base",) if r.data.get("base") else ("teacher", "student", "baseline")):
             stage_train(r, stage)
