@@ -6,8 +6,14 @@ stdout (the LSP channel) sent meanwhile from another thread; and its eval keeps 
 batch's last position only. Here llama.cpp's log goes to Python logging (debug), its last error
 lines name the cause when a load fails, and a batch can return every position's logits.
 
-One sequence (id 0) lives in the context: `forget(n)` drops its positions from n on, so the
-next `decode` continues a shared prefix (the KV cache reuse of engine/llamacpp.py).
+The context holds `n_seq` sequences (ids 0..n_seq-1, the KV slots of engine/llamacpp.py), each
+in its own KV stream of `n_ctx` cells (`kv_unified` off): every slot keeps the full context, a
+slot's attention sees its own cells only (its logits are bit for bit those of a one-sequence
+context), and the KV memory is `n_seq` times one sequence's (`kv_bytes`). `forget(n, seq)` drops a
+sequence's positions from n on, so the next `decode` continues a shared prefix; `copy` gives one
+sequence another's prefix (a whole-stream copy: llama.cpp copies across streams only whole).
+A unified KV cache would need as many cells to keep every slot's full context, and each slot
+would attend over the cells of all (masked), its logits off by rounding from one sequence's.
 """
 
 from __future__ import annotations
@@ -73,14 +79,14 @@ def last_errors() -> str:
 
 
 class GgufModel:
-    """The model, its vocabulary and a context of `n_ctx` positions (the model's trained length
-    capped at `max_context` when not given). `kv_f32` keeps the KV cache in f32 (f16 by default)
-    and attention off flash attention: an f32 GGUF then gives an fp32 reference's log-probs to
-    ~1e-5, at twice the KV memory and slower attention."""
+    """The model, its vocabulary and a context of `n_seq` sequences of `n_ctx` positions each (the
+    model's trained length capped at `max_context` when not given). `kv_f32` keeps the KV cache
+    in f32 (f16 by default) and attention off flash attention: an f32 GGUF then gives an fp32
+    reference's log-probs to ~1e-5, at twice the KV memory and slower attention."""
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, max_context: int = 4096,
                  threads: int | None = None, n_batch: int = 512, kv_f32: bool = False,
-                 extra_bufts: bool | None = None):
+                 extra_bufts: bool | None = None, n_seq: int = 1):
         lc = self.lc = import_llama_cpp()
         self.path = path
         _errors.clear()
@@ -94,8 +100,10 @@ class GgufModel:
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train = lc.llama_model_n_ctx_train(model)
         n_ctx = n_ctx or min(self.n_ctx_train or max_context, max_context)
+        self.n_seq = n_seq = max(1, int(n_seq))
         cp = lc.llama_context_default_params()
-        cp.n_ctx, cp.n_seq_max = n_ctx, 1
+        # One KV stream per sequence (not unified): llama.cpp splits n_ctx among them.
+        cp.n_ctx, cp.n_seq_max, cp.kv_unified = n_ctx * n_seq, n_seq, False
         cp.n_batch = cp.n_ubatch = self.n_batch = min(n_ctx, n_batch)
         if threads:
             cp.n_threads = cp.n_threads_batch = threads
@@ -105,16 +113,28 @@ class GgufModel:
         ctx = lc.llama_init_from_model(model, cp)
         if not ctx:
             lc.llama_model_free(model)
-            raise EngineError(f"{path}: llama.cpp cannot make a context of {n_ctx} positions "
+            raise EngineError(f"{path}: llama.cpp cannot make a context of {n_seq} x {n_ctx} positions "
                               f"({last_errors() or 'out of memory?'})")
         self.ctx = ctx
-        self.n_ctx = lc.llama_n_ctx(ctx)
+        self.n_ctx = lc.llama_n_ctx_seq(ctx)  # one sequence's positions
+        self.kv_bytes = self._kv_bytes(4 if kv_f32 else 2)
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
         self._free = weakref.finalize(self, _free, lc, model, ctx, self.batch)
         self.evaluated = 0  # positions llama.cpp has run, all calls together (tests, stats)
 
     def close(self) -> None:
         self._free()
+
+    def _kv_bytes(self, elt: int) -> int:
+        """The KV cache's size: per layer, per position, per sequence, the K and V rows of the
+        model's KV heads (llama.cpp allocates it whole at start; recurrent or sliding-window
+        layers, which keep less, are not told apart)."""
+        lc, m = self.lc, self.model
+        arch = self.meta("general.architecture") or ""
+        head = lc.llama_model_n_embd(m) // max(1, lc.llama_model_n_head(m))
+        k = int(self.meta(f"{arch}.attention.key_length") or head)
+        v = int(self.meta(f"{arch}.attention.value_length") or head)
+        return self.n_seq * self.n_ctx * lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * (k + v) * elt
 
     # -- metadata and vocabulary ----------------------------------------------------------
 
@@ -157,15 +177,30 @@ class GgufModel:
             raise EngineError(f"{self.path}: llama.cpp could not tokenize {len(data)} bytes")
         return list(out[:n])
 
-    # -- the sequence ---------------------------------------------------------------------
+    # -- the sequences --------------------------------------------------------------------
 
-    def forget(self, n: int) -> None:
-        """Drop positions n.. of the sequence from the KV cache."""
-        self.lc.llama_memory_seq_rm(self.lc.llama_get_memory(self.ctx), 0, n, -1)
+    @property
+    def _memory(self):
+        return self.lc.llama_get_memory(self.ctx)
 
-    def decode(self, ids: list[int], start: int, all_logits: bool) -> np.ndarray:
-        """Run `ids` at positions start.. (after forget(start)); the logits of every position
-        (all_logits) or of the last, one row each (float32, n_vocab wide)."""
+    def forget(self, n: int, seq: int = 0) -> None:
+        """Drop positions n.. of sequence `seq` from the KV cache."""
+        self.lc.llama_memory_seq_rm(self._memory, seq, n, -1)
+
+    def copy(self, src: int, dst: int, n: int) -> None:
+        """Make sequence `dst` positions 0..n-1 of sequence `src` (llama.cpp copies the stream's
+        buffer at the next decode; a copy of part of a stream would abort the process)."""
+        self.lc.llama_memory_seq_rm(self._memory, dst, -1, -1)
+        self.lc.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+        self.lc.llama_memory_seq_rm(self._memory, dst, n, -1)
+
+    def clear(self) -> None:
+        """Empty every sequence."""
+        self.lc.llama_memory_clear(self._memory, False)
+
+    def decode(self, ids: list[int], start: int, all_logits: bool, seq: int = 0) -> np.ndarray:
+        """Run `ids` at positions start.. of sequence `seq` (after forget(start, seq)); the logits
+        of every position (all_logits) or of the last, one row each (float32, n_vocab wide)."""
         if start + len(ids) > self.n_ctx:
             raise EngineError(f"{start + len(ids)} positions exceed the llama.cpp context ({self.n_ctx})")
         rows = []
@@ -177,7 +212,7 @@ class GgufModel:
                 b.token[j] = tok
                 b.pos[j] = start + i + j
                 b.n_seq_id[j] = 1
-                b.seq_id[j][0] = 0
+                b.seq_id[j][0] = seq
                 b.logits[j] = int(all_logits or (last_chunk and j == len(chunk) - 1))
             b.n_tokens = len(chunk)
             rc = self.lc.llama_decode(self.ctx, b)
