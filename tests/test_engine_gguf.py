@@ -1,6 +1,6 @@
 """The llama.cpp engine (engine/llamacpp.py) on a GGUF written at test time from the tiny random
 Llama the ONNX tests use: the same tokens and log-probs as the fp32 ONNX engine, stops, cancel,
-deadline, the KV prefix reuse, clear errors for bad files and a missing extra, `ghost-lsp
+deadline, the KV prefix reuse and its slots (one per document, LRU), clear errors for bad files and a missing extra, `ghost-lsp
 complete` and the real language server on a .gguf."""
 
 from __future__ import annotations
@@ -150,6 +150,121 @@ def test_kv_cache_reuses_the_shared_prefix(gguf_f32):
     other = eng.generate("x" * 40, greedy(4))
     assert other.token_ids == cold.generate("x" * 40, greedy(4)).token_ids
     assert eng.generate(base, greedy(4)).token_ids == cold.generate(base, greedy(4)).token_ids
+
+
+def slots_engine(path, **kw):
+    return load_local(path, intra_op_threads=1, kv_f32=True, **kw)
+
+
+def keystroke(eng, prompt, key=None):
+    """A request; (candidate, prompt tokens it ran, prompt tokens it reused)."""
+    s0 = eng.kv_cache.stats()
+    c = eng.generate(prompt, greedy(4), cache_key=key)
+    s1 = eng.kv_cache.stats()
+    return c, s1["run_tokens"] - s0["run_tokens"], s1["reused_tokens"] - s0["reused_tokens"]
+
+
+DOCS = {"a.py": PROMPTS[1] * 3, "b.py": PROMPTS[3] * 3}
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_two_documents_alternating_keep_their_prefixes(gguf_f32, keyed):
+    needs_llama_cpp()
+    fim = f"<fim_prefix>{DOCS['b.py']}<fim_suffix>\n<fim_middle>"
+    docs = dict(DOCS) if keyed else {"l2r": DOCS["a.py"], "fim": fim}  # keyless: two prompt shapes
+    for slots, reuses in ((4, True), (1, False)):
+        eng = slots_engine(gguf_f32, kv_entries=slots)
+        for name, text in docs.items():
+            keystroke(eng, text, name if keyed else None)
+        for typed in ("x", "xy", "xy ", "xy =", "xy = f"):
+            for name, text in docs.items():
+                prompt = text + typed if name != "fim" else text.replace("<fim_suffix>", typed + "<fim_suffix>")
+                n_prompt = len(eng.encode(prompt))
+                _, ran, reused = keystroke(eng, prompt, name if keyed else None)
+                if reuses:  # the document's prefix was still there: only the new tokens ran (FIM: and the suffix's)
+                    assert ran <= 8 and reused >= n_prompt - 8, (slots, name, typed, ran, reused)
+                else:  # one slot: the other document had replaced it
+                    assert ran >= n_prompt - 8, (slots, name, typed, ran, reused)
+        assert eng.kv_cache.stats()["entries"] == min(slots, 2)
+
+
+def test_slots_give_what_a_fresh_engine_gives_token_for_token(gguf_f32):
+    needs_llama_cpp()
+    eng, cold = slots_engine(gguf_f32, kv_entries=3), slots_engine(gguf_f32, reuse_kv=False)
+    assert cold.model.n_seq == 1
+    docs = {**DOCS, "c.py": PROMPTS[0] * 4, "d.py": PROMPTS[1] * 2 + "import sys\n"}  # d shares a with it
+    for typed in ("", "v", "va", "val"):
+        for name, text in docs.items():
+            got = eng.generate(text + typed, greedy(8), cache_key=name)
+            ref = cold.generate(text + typed, greedy(8))
+            assert got.token_ids == ref.token_ids, (name, typed)
+            assert got.logprobs == pytest.approx(ref.logprobs, abs=1e-4)
+    seed = SamplingParams(max_new_tokens=8, temperature=0.8, seed=3)
+    assert eng.generate(DOCS["b.py"], seed, cache_key="b.py").token_ids == cold.generate(DOCS["b.py"], seed).token_ids
+    assert eng.kv_cache.stats()["hits"] > 0
+
+
+def test_the_least_recently_used_document_gives_up_its_slot(gguf_f32):
+    needs_llama_cpp()
+    eng = slots_engine(gguf_f32, kv_entries=2)
+    docs = {**DOCS, "c.py": PROMPTS[0] * 4}
+    keystroke(eng, docs["a.py"], "a.py")
+    keystroke(eng, docs["b.py"], "b.py")
+    assert keystroke(eng, docs["a.py"] + "x", "a.py")[1] <= 4  # a used again: b is now the oldest
+    keystroke(eng, docs["c.py"], "c.py")  # a third document: b's slot goes
+    assert eng.kv_cache.stats()["entries"] == 2
+    assert keystroke(eng, docs["a.py"] + "xy", "a.py")[1] <= 4
+    assert keystroke(eng, docs["c.py"] + "x", "c.py")[1] <= 4
+    _, ran, reused = keystroke(eng, docs["b.py"] + "x", "b.py")  # runs again, in a's slot (the oldest now)
+    assert reused == 0 and ran >= len(eng.encode(docs["b.py"])) - 2  # (token healing re-chooses the last)
+    assert keystroke(eng, docs["c.py"] + "xy", "c.py")[1] <= 4
+    _, ran, _ = keystroke(eng, docs["a.py"] + "xyz", "a.py")
+    assert ran >= len(eng.encode(docs["a.py"])) - 2
+
+
+def test_a_new_document_starts_from_a_prefix_another_holds(gguf_f32):
+    needs_llama_cpp()
+    eng, cold = slots_engine(gguf_f32), slots_engine(gguf_f32, reuse_kv=False)
+    shared = DOCS["a.py"]
+    keystroke(eng, shared, "a.py")
+    got, ran, reused = keystroke(eng, shared + "class B:\n    ", "b.py")  # its slot gets a copy of a's prefix
+    assert reused >= len(eng.encode(shared)) - 2 and ran <= 8
+    assert got.token_ids == cold.generate(shared + "class B:\n    ", greedy(4)).token_ids
+    assert eng.kv_cache.stats()["entries"] == 2
+    again, ran, _ = keystroke(eng, shared + "x", "a.py")  # a's own slot was left as it was
+    assert ran <= 4 and again.token_ids == cold.generate(shared + "x", greedy(4)).token_ids
+
+
+def test_clear_empties_every_slot(gguf_f32):
+    needs_llama_cpp()
+    eng = slots_engine(gguf_f32, kv_entries=3)
+    first = {name: keystroke(eng, text, name)[0].token_ids for name, text in DOCS.items()}
+    stats = eng.kv_cache.stats()
+    assert stats["entries"] == 2 and stats["tokens"] > 0
+    eng.kv_cache.clear()
+    stats = eng.kv_cache.stats()
+    assert stats["entries"] == 0 and stats["tokens"] == 0
+    for name, text in DOCS.items():
+        got, ran, reused = keystroke(eng, text, name)
+        assert reused == 0 and ran >= len(eng.encode(text)) - 2 and got.token_ids == first[name]
+    for seq in range(3):  # llama.cpp's cache is as empty as the slots say
+        assert eng.model.lc.llama_memory_seq_pos_max(eng.model.lc.llama_get_memory(eng.model.ctx), seq) in (
+            -1, *(len(s.ids) - 1 for s in eng.kv_cache.slots if s.seq == seq))
+
+
+def test_each_slot_costs_one_sequences_kv_memory(gguf_f32, caplog):
+    needs_llama_cpp()
+    import logging
+    import re
+
+    caplog.set_level(logging.DEBUG, logger="ghost_lsp.llama_cpp")
+    one, four = slots_engine(gguf_f32, kv_entries=1), slots_engine(gguf_f32, kv_entries=4)
+    assert (one.model.n_seq, four.model.n_seq) == (1, 4)
+    assert four.model.n_ctx == one.model.n_ctx == four.manifest.context_length == 256  # every slot the full context
+    assert four.model.kv_bytes == 4 * one.model.kv_bytes == 4 * 256 * 2 * 2 * (12 + 12) * 4  # f32: 4 bytes
+    sizes = [float(x) for x in re.findall(r"llama_kv_cache: size =\s*([\d.]+) MiB", caplog.text)]
+    assert sizes[-2:] == pytest.approx([one.model.kv_bytes / 2**20, four.model.kv_bytes / 2**20], abs=0.006)
+    assert four.kv_cache.stats()["slots"] == 4 and four.kv_cache.stats()["kv_bytes"] == four.model.kv_bytes
 
 
 def test_drafts_verify_in_one_pass_and_change_nothing(engine):
