@@ -441,3 +441,16 @@ async def test_language_server_serves_a_gguf_and_keeps_it_when_a_bad_one_is_name
             await lsp.shutdown_session()
         finally:
             await lsp.stop()
+
+
+def test_kv_slots_setting_sizes_the_engine_the_server_loads(gguf_f32):
+    """`kvSlots` reaches the engine through load_engine (what the language server calls), and a
+    bad value is a warning that keeps the default."""
+    needs_llama_cpp()
+    from ghost_lsp.engine.loading import load_engine
+    from ghost_lsp.settings.core import Settings, from_dict
+
+    eng = load_engine(gguf_f32, Settings(kv_slots=2), intra_op_threads=1)
+    assert eng.model.n_seq == 2 and eng.kv_cache.stats()["slots"] == 2
+    s, warnings = from_dict({"kvSlots": 0})
+    assert s.kv_slots == 4 and any("kv" in w.lower() for w in warnings)

@@ -46,6 +46,8 @@ def load_engine(model_dir, settings=None, **options) -> Engine:
     """The engine the settings ask for: remote when `remote_url` is set, else the local model."""
     if settings is not None and settings.remote_url:
         return make_remote_engine(settings, model_dir)
+    if settings is not None:
+        options.setdefault("kv_entries", settings.kv_slots)
     return load_local(model_dir, **options)
 
 
@@ -58,7 +60,7 @@ def make_remote_engine(settings, model_dir) -> RemoteEngine:
     has_local = is_local_model(model_dir)
     if settings.remote_fallback and has_local:
         try:
-            fallback = load_local(model_dir)
+            fallback = load_local(model_dir, kv_entries=settings.kv_slots)
         except EngineError as e:
             log.warning("remote engine: no local fall-back (%s)", e)
     served = getattr(settings, "remote_model_dir", "")

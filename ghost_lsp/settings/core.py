@@ -67,6 +67,9 @@ class Settings:
     deadline_ms: int = 2000
     # Answer from the shown suggestion while the user types what it predicted (no model run).
     forward_cache: bool = True
+    # KV caches kept for reuse across keystrokes, one per document (the GGUF engine allocates
+    # each slot's full context up front: lower it for a big model on a small machine).
+    kv_slots: int = 4
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     log_level: str = "INFO"
     # Context providers besides the current document, in priority order ("open_files", "project").
@@ -153,6 +156,7 @@ _RULES: dict[str, tuple[type, Any]] = {
     "debounce_ms": (int, _in_range(0, 5000)),
     "deadline_ms": (int, _in_range(50, 600_000)),
     "forward_cache": (bool, None),
+    "kv_slots": (int, _in_range(1, 32)),
     "exclude": (tuple, None),
     "log_level": (str, lambda v: v.upper() in LOG_LEVELS),
     "context_providers": (tuple, lambda v: set(v) <= {"open_files", "project"}),
