@@ -76,7 +76,7 @@ def test_braces_in_code_do_not_break_rendering():
 
 # -- snippets and the budget --------------------------------------------------------------------
 
-from ghost_lsp.completion.prompt import Template, render_parts  # noqa: E402
+from ghost_lsp.completion.prompt import DROP_LINES, Template, render_parts  # noqa: E402
 from ghost_lsp.types import Snippet  # noqa: E402
 
 FIM = Template(name="t", version=1, fim=True, template="<fim_prefix>{snippets}{prefix}<fim_suffix>{suffix}<fim_middle>",
@@ -139,7 +139,8 @@ def test_no_snippet_twice_and_none_that_the_window_already_shows():
 def test_unused_snippet_room_goes_to_the_prefix():
     prefix = "".join(f"v{i} = {i}\n" for i in range(100)) + "res = "
     alone = render(FIM, sctx(prefix), count_chars, 300)
-    assert count_chars(alone.text) > 290  # no snippets: the prefix takes nearly everything
+    # no snippets: the prefix takes nearly everything (far lines go in steps of DROP_LINES lines)
+    assert count_chars(alone.text) > 300 - DROP_LINES * len("v99 = 99\n")
 
 
 def test_template_without_snippets_placeholder_reports_the_drop():
@@ -165,3 +166,68 @@ def test_template_with_bad_share_names_the_file(tmp_path):
     (tmp_path / "bad.toml").write_text('name = "bad"\nversion = 1\ntemplate = "{prefix}"\nsnippet_share = 3\n')
     with pytest.raises(TemplateError, match=r"bad\.toml: snippet_share must be between 0 and 1"):
         load_template("bad", str(tmp_path))
+
+
+# -- an anchored start, so consecutive prompts share their beginning (KV-cache reuse) ------------
+
+from ghost_lsp.context import collect_context  # noqa: E402
+from ghost_lsp.context.window import ANCHOR_CHARS  # noqa: E402
+
+
+def count_words(text: str) -> int:
+    """A tokenizer whose counts do not add up across a cut (as real BPE merges do not)."""
+    return len(re.findall(r"\w+|\s+|[^\w\s]", text))
+
+
+def _typed(doc_lines, first, last):
+    """(document, line, character) for typing lines first..last-1 char by char, only the code
+    above in the document (as an editor sends while one writes a file top to bottom)."""
+    for i in range(first, last):
+        for k in range(len(doc_lines[i]) + 1):
+            yield "\n".join(doc_lines[:i]) + "\n" + doc_lines[i][:k], i, k
+
+
+@pytest.mark.parametrize("template,count,budget", [(load_template("plain"), count_chars, 1500),
+                                                   (load_template("plain"), count_words, 700),
+                                                   (FIM, count_chars, 1500)])
+def test_typing_moves_the_prompt_start_once_per_anchor_step_or_drop_step(template, count, budget):
+    doc_lines = [f"value_{i} = compute({i}, {i * 7})  # step {i}" for i in range(400)]
+    first, last = 200, 260
+    typed_chars = sum(len(ln) + 1 for ln in doc_lines[first:last])
+    restarts, heads, prev = 0, set(), None
+    for doc, i, k in _typed(doc_lines, first, last):
+        c = collect_context(doc, i, k, path="a.py", language="python")
+        text = render(template, c, count, budget).text
+        assert count(text) <= budget
+        heads.add(text[:40])
+        # The previous prompt less its last few lines (what the user is editing) is still the
+        # new prompt's beginning: the engine reuses its KV cache for all of it.
+        if prev is not None and not text.startswith(prev.rsplit("\n", 3)[0]):
+            restarts += 1
+        prev = text
+    # The window's start moves once per ANCHOR_CHARS typed; the token fit's once per DROP_LINES
+    # lines typed within one window (a slide with the cursor would move it on every line).
+    bound = typed_chars // ANCHOR_CHARS + (last - first) // DROP_LINES + 2
+    assert 1 <= restarts <= bound and len(heads) <= bound + 1
+
+
+@pytest.mark.parametrize("budget", [25, 40, 80, 160, 400])
+@pytest.mark.parametrize("count", [count_chars, count_words])
+def test_budget_holds_with_steps_of_dropped_lines(budget, count):
+    prefix = "".join(f"v{i} = f({i}) + g({i})\n" for i in range(120)) + "res = "
+    snips = [defn("alpha", 6), neigh("beta", 8)]
+    for template in (FIM, load_template("plain")):
+        p, _ = render_parts(template, sctx(prefix, "w = 1\n" * 20, snips), count, budget)
+        assert count(p.text) <= budget and "res = " in p.text
+        kept = p.text.split("res = ")[0].rsplit("\n", 1)[0]
+        # the far edge is a whole line, a multiple of DROP_LINES lines from the window's start
+        first = next((ln for ln in kept.split("\n") if ln.startswith("v")), None)
+        if first is not None:
+            assert int(first[1:first.index(" ")]) % DROP_LINES == 0
+
+
+def test_a_short_document_is_shown_whole():
+    doc = "import os\n\n\ndef f(x):\n    return os.path.join(x, 'a')\n\n\nprint(f("
+    c = collect_context(doc, 7, 8, path="a.py", language="python")
+    assert c.prefix == doc
+    assert render(load_template("plain"), c, count_chars, 200).text == doc

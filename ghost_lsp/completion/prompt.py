@@ -10,6 +10,12 @@ imported project definitions, neighbour snippets from open files (together up to
 `snippet_share`), and then the rest of the prefix further from the cursor. What does not fit is
 dropped in whole lines, never half lines (except the cursor's own line, which is always kept up
 to the cursor); a snippet whose text was already kept is not shown twice.
+
+Far prefix lines are dropped in steps of `DROP_LINES` (counted from the start of the document
+window, which `context/window.py` anchors), not one at a time: the longest fitting tail would
+lose one more far line almost whenever the text grows, changing the prompt's first tokens and
+so the KV cache's common prefix with the previous prompt (a full prefill on every such
+keystroke). In steps, the prompt's start stays put for about `DROP_LINES` lines typed.
 """
 
 from __future__ import annotations
@@ -171,20 +177,37 @@ def template_for(manifest: Manifest, prompts_dir: str | None = None) -> Template
     return t
 
 
+# Far prefix lines are dropped in multiples of this many (see the module docstring).
+DROP_LINES = 8
+
+
+def _drop_lines(text: str, n: int) -> str:
+    """`text` less its first `n` lines (the last line, the cursor's, is always kept)."""
+    lines = text.split("\n")
+    return "\n".join(lines[min(n, len(lines) - 1):])
+
+
 def _fit_prefix(prefix: str, budget: int, count: Callable[[str], int]) -> str:
-    """Longest tail of `prefix` made of whole lines (plus the cursor line) within `budget` tokens."""
+    """A tail of `prefix` made of whole lines (plus the cursor line) within `budget` tokens: the
+    fewest far lines dropped, rounded up to a multiple of DROP_LINES, so the start moves rarely."""
     if count(prefix) <= budget:
         return prefix
     lines = prefix.split("\n")
-    lo, hi = 1, len(lines)  # number of trailing lines kept; binary search on it
-    best = lines[-1]
+    last = len(lines) - 1  # dropping this many keeps the cursor line only
+    lo, hi, fewest = 1, last, last  # the fewest lines dropped that fit; binary search on it
     while lo <= hi:
         mid = (lo + hi) // 2
-        cand = "\n".join(lines[-mid:])
-        if count(cand) <= budget:
-            best, lo = cand, mid + 1
+        if count("\n".join(lines[mid:])) <= budget:
+            fewest, hi = mid, mid - 1
         else:
-            hi = mid - 1
+            lo = mid + 1
+    drop = min(last, -(-fewest // DROP_LINES) * DROP_LINES)
+    best = "\n".join(lines[drop:])
+    # A tail of a fitting text nearly always fits too; should a tokenizer merge otherwise, go on
+    # in steps.
+    while drop < last and count(best) > budget:
+        drop = min(last, drop + DROP_LINES)
+        best = "\n".join(lines[drop:])
     if count(best) > budget:  # the cursor line alone is too long: keep its end
         best = best[-budget:]
     return best
@@ -304,8 +327,8 @@ def render_parts(template: Template, ctx: Context, count_tokens: Callable[[str],
             dropped = next(p for p in reversed(parts) if p.status.startswith("kept"))
             dropped.status, dropped.tokens = "dropped: over budget", 0
             snippets = "".join(blocks)
-        elif prefix.count("\n") > 0:
-            prefix = prefix.split("\n", 1)[1]
+        elif "\n" in prefix:  # in the same steps as _fit_prefix, so the start stays anchored
+            prefix = _drop_lines(prefix, DROP_LINES)
         elif suffix:
             suffix = ""
         else:
