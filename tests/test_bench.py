@@ -94,3 +94,21 @@ def test_pipeline_section_summaries():
                            "overhead_pct_per_request": 6.7, "tokens": 8}}
     text = _table([row])
     assert "20.0 % of a step" in text and "drafts of 8" in text and "x2.0" in text
+
+
+def test_typing_section_counts_the_prompt_tokens_each_keystroke_runs():
+    """Typing deep in a long file, the first keystroke prefills the window and the rest run a few
+    tokens each (KV reuse with the anchored prefix window); the counts are the engine's own."""
+    from ghost_lsp.paths import REPO
+    from ghost_lsp.tools.bench.typing import _deep_lines, typing_run
+
+    body = "".join(f"def handler_{i}(request, value_{i}):\n    total = value_{i} * {i} + len(request)\n"
+                   f"    return total\n\n" for i in range(300))
+    assert len(body) > 12_000
+    r = typing_run(REPO / "models" / "ghost-py-base", [("long.py", body)], threads=1, lines_per_file=2, seed=1)
+    (_, lines, start), = _deep_lines([("long.py", body)], 2, 1)
+    assert start * 20 > 8_000  # past the first 8,000 characters
+    assert r["files"] == 1 and r["requests"] == len(lines[start]) + len(lines[start + 1]) + 2  # one per key
+    assert r["prompt_tokens_run_max"] > 100  # the cold first keystroke
+    assert r["share_over_100"] * r["requests"] <= 2
+    assert r["prompt_tokens_run_p50"] <= 2

@@ -179,6 +179,16 @@ def count_words(text: str) -> int:
     return len(re.findall(r"\w+|\s+|[^\w\s]", text))
 
 
+_VOCAB = {"value", "compute", "step"}
+
+
+def count_merging(text: str) -> int:
+    """A tokenizer whose count goes down as well as up while a word is typed: a known word is one
+    token, any other word one per 3 characters ("comput" 2 tokens, "compute" 1), as BPE merges do."""
+    return sum(1 if w in _VOCAB or not w[0].isalnum() else -(-len(w) // 3)
+               for w in re.findall(r"[A-Za-z]+|\d+|\s+|[^\w\s]", text))
+
+
 def _typed(doc_lines, first, last):
     """(document, line, character) for typing lines first..last-1 char by char, only the code
     above in the document (as an editor sends while one writes a file top to bottom)."""
@@ -189,6 +199,7 @@ def _typed(doc_lines, first, last):
 
 @pytest.mark.parametrize("template,count,budget", [(load_template("plain"), count_chars, 1500),
                                                    (load_template("plain"), count_words, 700),
+                                                   (load_template("plain"), count_merging, 700),
                                                    (FIM, count_chars, 1500)])
 def test_typing_moves_the_prompt_start_once_per_anchor_step_or_drop_step(template, count, budget):
     doc_lines = [f"value_{i} = compute({i}, {i * 7})  # step {i}" for i in range(400)]

@@ -179,6 +179,8 @@ def template_for(manifest: Manifest, prompts_dir: str | None = None) -> Template
 
 # Far prefix lines are dropped in multiples of this many (see the module docstring).
 DROP_LINES = 8
+CURSOR_STEP = 32   # tokens: the cursor line's room is reserved in steps of this
+CURSOR_SLACK = 8   # tokens: merges across the cursor line's break
 
 
 def _drop_lines(text: str, n: int) -> str:
@@ -187,24 +189,37 @@ def _drop_lines(text: str, n: int) -> str:
     return "\n".join(lines[min(n, len(lines) - 1):])
 
 
-def _fit_prefix(prefix: str, budget: int, count: Callable[[str], int]) -> str:
+def _fit_prefix(prefix: str, budget: int, count: Callable[[str], int], step: int = 0) -> str:
     """A tail of `prefix` made of whole lines (plus the cursor line) within `budget` tokens: the
-    fewest far lines dropped, rounded up to a multiple of DROP_LINES, so the start moves rarely."""
-    if count(prefix) <= budget:
-        return prefix
+    fewest far lines dropped, rounded up to a multiple of DROP_LINES, so the start moves rarely.
+
+    The finished lines are fitted to the budget less a room for the cursor line reserved in steps
+    of CURSOR_STEP tokens. Judged with the cursor line itself, whose token count goes up and down
+    as a typed character merges with the token before it, the far edge would flip between two
+    steps on consecutive keystrokes at the threshold (each flip a full prefill)."""
     lines = prefix.split("\n")
     last = len(lines) - 1  # dropping this many keeps the cursor line only
-    lo, hi, fewest = 1, last, last  # the fewest lines dropped that fit; binary search on it
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        if count("\n".join(lines[mid:])) <= budget:
-            fewest, hi = mid, mid - 1
-        else:
-            lo = mid + 1
-    drop = min(last, -(-fewest // DROP_LINES) * DROP_LINES)
+    head = lines[:-1]
+    step = step or max(1, min(CURSOR_STEP, budget // 8))  # small budgets (tiny models) get small steps
+    reserve = -(-(count(lines[-1]) + min(CURSOR_SLACK, step)) // step) * step
+    room = budget - reserve
+
+    def fits(drop: int) -> bool:
+        return drop >= last or count("\n".join(head[drop:]) + "\n") <= room
+
+    drop = 0
+    if not fits(0):
+        lo, hi, fewest = 1, last, last  # the fewest lines dropped that fit; binary search on it
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                fewest, hi = mid, mid - 1
+            else:
+                lo = mid + 1
+        drop = min(last, -(-fewest // DROP_LINES) * DROP_LINES)
     best = "\n".join(lines[drop:])
-    # A tail of a fitting text nearly always fits too; should a tokenizer merge otherwise, go on
-    # in steps.
+    # The reserve's slack nearly always covers merges across the line break; should it not, go
+    # on in steps.
     while drop < last and count(best) > budget:
         drop = min(last, drop + DROP_LINES)
         best = "\n".join(lines[drop:])
@@ -282,7 +297,9 @@ def render_parts(template: Template, ctx: Context, count_tokens: Callable[[str],
     count = count_tokens
     overhead = count(template.fill(ctx, "", "", ""))
     room = max(1, budget - overhead)
-    near = _fit_prefix(ctx.prefix, max(1, int(room * template.prefix_share)), count)
+    near_budget = max(1, int(room * template.prefix_share))
+    step = max(1, min(CURSOR_STEP, near_budget // 8))  # one cursor-line reserve for both fits below
+    near = _fit_prefix(ctx.prefix, near_budget, count, step)
     used = count(near)
     suffix = ""
     if template.fim and ctx.suffix:
@@ -319,7 +336,9 @@ def render_parts(template: Template, ctx: Context, count_tokens: Callable[[str],
     # The token counts of parts do not add up exactly (merges across a boundary), so the whole
     # prompt is measured and, if over, the lowest priority goes first: snippets, then far prefix.
     snippets = "".join(blocks)
-    prefix = _fit_prefix(ctx.prefix, max(1, room - used - count(snippets) + count(near)), count)
+    prefix = _fit_prefix(ctx.prefix, max(1, room - used - count(snippets) + count(near)), count, step)
+    if len(prefix) < len(near):  # the far prefix only adds to what the near share kept
+        prefix = near
     text = template.fill(ctx, prefix, suffix, snippets)
     while count(text) > budget:
         if blocks:

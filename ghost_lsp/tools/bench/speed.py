@@ -4,6 +4,7 @@
    same prompt ids, the same number of new tokens): prefill ms, ms/token, tokens/s, peak RSS.
 2. variants: fp32 vs int8 ONNX (the quantization gain) and teacher vs student (distillation).
 3. cache: one request cold vs the follow-up keystroke (KV reuse; forward cache).
+   typing: lines typed character by character deep in long files: prompt tokens run per key.
 4. lsp: a replayed typing session against the real `ghost-lsp serve` process.
 5. bandwidth: measured copy bandwidth and the bytes a decode step reads -> the best ms/token.
 
@@ -27,6 +28,7 @@ from ghost_lsp.tools.bench.engines import _onnx_speed, section_engines, section_
 from ghost_lsp.tools.bench.hardware import section_bandwidth, section_sampling
 from ghost_lsp.tools.bench.keystrokes import section_cache, section_lsp
 from ghost_lsp.tools.bench.pipeline import section_pipeline
+from ghost_lsp.tools.bench.typing import section_typing
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def _table(results: list[dict]) -> str:
     return "\n".join(out)
 
 
-SECTIONS = ("engines", "variants", "cache", "pipeline", "lsp", "bandwidth", "sampling", "train")
+SECTIONS = ("engines", "variants", "cache", "typing", "pipeline", "lsp", "bandwidth", "sampling", "train")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # `train` (minutes of torch.compile) runs only when asked
 
 
@@ -151,6 +153,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     run("variants", lambda: section_variants(folder, args.hf, args.teacher, args.student, threads,
                                              args.new_tokens, args.rounds))
     run("cache", lambda: section_cache(folder, args.package, threads, args.positions, args.seed))
+    run("typing", lambda: section_typing(folder, args.package, threads, seed=args.seed))
     run("pipeline", lambda: section_pipeline(folder, args.package, threads, args.positions * 4, args.seed,
                                              args.draft_tokens or 0))
     run("lsp", lambda: section_lsp(folder, args.package, args.keystrokes, (args.gap_min, args.gap_max), args.seed,
