@@ -21,16 +21,20 @@ def kl_full(logits, t_logits, temperature: float):
         log_target=True, reduction="batchmean") * T * T
 
 
-def kl_topk(logits, t_ids, t_logits, temperature: float):
-    """T² · KL(p_k ‖ q) from cached teacher top-k logits: p_k is the teacher's distribution
-    renormalised over its k best tokens, q the student's full-vocabulary softmax read at those
-    tokens. The teacher's tail (a few % of its mass at k = 32) is dropped rather than guessed."""
+def kl_topk(logits, t_ids, t_logits, t_lse, temperature: float):
+    """T² · KL(p ‖ q) over the teacher's k best tokens plus one class for all the others, from
+    cached top-k logits and their log-sum-exp at T: p_i = exp(t_i/T − lse) exactly, p_tail = 1 − Σ p_i,
+    and q the student's softmax(z/T) read at the same tokens, q_tail its mass elsewhere."""
     import torch
 
     T = temperature
     s_logp = torch.log_softmax(logits / T, -1).gather(-1, t_ids)
-    t_logp = torch.log_softmax(t_logits / T, -1)
-    return (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean() * T * T
+    t_logp = t_logits / T - t_lse.unsqueeze(-1)
+    t_p = t_logp.exp()
+    t_tail = (1 - t_p.sum(-1)).clamp_min(1e-6)
+    s_tail = (1 - s_logp.exp().sum(-1)).clamp_min(1e-6)
+    kl = (t_p * (t_logp - s_logp)).sum(-1) + t_tail * (t_tail.log() - s_tail.log())
+    return kl.mean() * T * T
 
 
 def train_step(model, forward, opt, inp, tgt, *, bf16: bool = True, distill: Callable | None = None,

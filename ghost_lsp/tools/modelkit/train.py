@@ -225,7 +225,7 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
         cache_dir = Path(cfg.teacher_cache) if cfg.teacher_cache else out.parent / "teacher-topk"
         build_teacher_cache(cfg.teacher, train_tokens, sp, tokenizer_path, cache_dir,
                             windows=cfg.teacher_cache_windows, context=cfg.context_length, k=cfg.teacher_top_k,
-                            fim_rate=cfg.fim_rate, seed=cfg.seed, bf16=cfg.bf16, device=cfg.device,
+                            temperature=cfg.distill_temperature, fim_rate=cfg.fim_rate, seed=cfg.seed, bf16=cfg.bf16, device=cfg.device,
                             progress=progress)
         cached = CachedTeacher(cache_dir, cfg.context_length, seed=cfg.seed)
     elif cfg.teacher:
@@ -303,10 +303,10 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
             g["lr"] = lr_at(step)
         distill = None
         if cached is not None:
-            xb, t_ids, t_vals = cached.batch(cfg.batch_size)
+            xb, *teacher_top = cached.batch(cfg.batch_size)
             x = torch.from_numpy(xb).to(cfg.device, non_blocking=True)
-            t_ids, t_vals = torch.from_numpy(t_ids).to(cfg.device), torch.from_numpy(t_vals).to(cfg.device)
-            distill = lambda logits: kl_topk(logits, t_ids, t_vals, cfg.distill_temperature)  # noqa: E731
+            t_ids, t_vals, t_lse = (torch.from_numpy(a).to(cfg.device) for a in teacher_top)
+            distill = lambda logits: kl_topk(logits, t_ids, t_vals, t_lse, cfg.distill_temperature)  # noqa: E731
         else:
             x = torch.from_numpy(batcher.batch(cfg.batch_size)).to(cfg.device, non_blocking=True)
         inp, tgt = x[:, :-1], x[:, 1:]
