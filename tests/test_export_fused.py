@@ -292,3 +292,24 @@ def test_in_place_batch_rows_join_and_leave_without_disturbing_the_others(tiny_l
         step_and_check()
     batch.keep([])
     assert batch.rows == []
+
+
+def test_the_export_reads_the_model_weights_not_a_training_checkpoint_beside_them(tiny_llama16, tmp_path):
+    """A shipped checkpoint/ folder holds stable.safetensors (the pre-decay weights, same tensor
+    names) beside model.safetensors: the fused graph must be built from model.safetensors, as
+    PyTorch loads it (reading both once exported the pre-decay weights: logits off by 5)."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from ghost_lsp.tools.modelkit.weights import CheckpointReader
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_llama16, folder)
+    decoy = {k: v + 1.0 for k, v in load_file(str(folder / "model.safetensors")).items()}
+    save_file(decoy, str(folder / "stable.safetensors"))
+    real = load_file(str(folder / "model.safetensors"))
+    reader = CheckpointReader(folder)
+    assert all(np.array_equal(reader.get(k), v) for k, v in real.items())
+    report = ex.export_onnx(folder, tmp_path / "out", quantize=None, graph="fused", manifest_fields={"name": "c"})
+    assert report["fp32_ok"] and report["fp32_max_abs_logit_diff"] < 1e-4

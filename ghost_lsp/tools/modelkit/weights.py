@@ -21,6 +21,20 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.fl
 ALIGN = 65536  # onnxruntime maps external data whose offset is a multiple of the allocation granularity
 
 
+def weight_files(hf_dir: Path) -> list[Path]:
+    """The safetensors files that hold the model, as transformers picks them: the shards the
+    index names, else model.safetensors, else every *.safetensors. Other files beside them are
+    not the model: a training checkpoint keeps its pre-decay weights in stable.safetensors, and
+    reading those too (over the real ones, same names) exported the wrong weights."""
+    index = hf_dir / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [hf_dir / s for s in shards]
+    if (hf_dir / "model.safetensors").is_file():
+        return [hf_dir / "model.safetensors"]
+    return sorted(hf_dir.glob("*.safetensors"))
+
+
 class CheckpointReader:
     """Tensors of a HF folder by name, as fp32 numpy arrays (bf16/fp16 widened), read on demand."""
 
@@ -28,7 +42,7 @@ class CheckpointReader:
         self.hf_dir = Path(hf_dir)
         self._index: dict[str, tuple[Path, str, list[int], int, int]] = {}
         self._torch: dict | None = None
-        for path in sorted(self.hf_dir.glob("*.safetensors")):
+        for path in weight_files(self.hf_dir):
             with open(path, "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))
                 header = json.loads(f.read(n))
