@@ -193,8 +193,11 @@ def stage_package(r: Recipe) -> dict:
         (student / f.name).write_bytes(f.read_bytes())
     corpus = json.loads((r.corpus_dir / "corpus.json").read_text())
     summary = json.loads((student / "train_summary.json").read_text())
-    student_summary = r.stage_dir("student") / "train_summary.json"
-    distilled = json.loads(student_summary.read_text()) if student_summary.exists() else {}
+    # what this model was distilled from, if anything: the shipped stage's own run says (a DITTO
+    # fine-tune's, the student's it started from)
+    distilled = summary
+    if source == "ditto" and (r.stage_dir("student") / "train_summary.json").is_file():
+        distilled = json.loads((r.stage_dir("student") / "train_summary.json").read_text())
     info = {
         "recipe": str(r.path.relative_to(REPO)) if r.path.is_relative_to(REPO) else str(r.path),
         "corpus": {"totals": corpus["totals"],
@@ -246,7 +249,7 @@ def ship_checkpoint(run_dir: Path, model_dir: Path) -> None:
     state = load_file(str(run_dir / "model.safetensors"))
     save_weights({k: v for k, v in state.items() if k != "lm_head.weight"}, ck / "model.safetensors")
     for name in ("config.json", "generation_config.json", "stable.safetensors", "train_state.json",
-                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                 "train_log.jsonl", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, ck / name)
     cfg = json.loads((ck / "config.json").read_text())
