@@ -130,11 +130,9 @@ def test_student_trained_on_the_cache_moves_toward_the_teacher(tmp_path):
         with torch.no_grad():
             return kl_full(m(x), teacher(x), 1.0).item()
 
-    from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    trained = CompactLlama.from_hf_config(AutoConfig.from_pretrained(tmp_path / "s1"))
-    trained.load_weights(load_file(str(tmp_path / "s1" / "model.safetensors")))
+    trained = CompactLlama.from_folder(tmp_path / "s1")
     torch.manual_seed(common["seed"])  # the student's weights before its first step, as train() draws them
     start = CompactLlama.from_hf_config(AutoConfig.from_pretrained(tmp_path / "s1"))
     assert kl_to_teacher(trained) < 0.5 * kl_to_teacher(start)

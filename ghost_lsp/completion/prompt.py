@@ -183,6 +183,11 @@ CURSOR_STEP = 32   # tokens: the cursor line's room is reserved in steps of this
 CURSOR_SLACK = 8   # tokens: merges across the cursor line's break
 
 
+def _reserve_step(budget: int) -> int:
+    """The step the cursor line's room is reserved in: CURSOR_STEP, smaller for small budgets."""
+    return max(1, min(CURSOR_STEP, budget // 8))
+
+
 def _drop_lines(text: str, n: int) -> str:
     """`text` less its first `n` lines (the last line, the cursor's, is always kept)."""
     lines = text.split("\n")
@@ -200,7 +205,7 @@ def _fit_prefix(prefix: str, budget: int, count: Callable[[str], int], step: int
     lines = prefix.split("\n")
     last = len(lines) - 1  # dropping this many keeps the cursor line only
     head = lines[:-1]
-    step = step or max(1, min(CURSOR_STEP, budget // 8))  # small budgets (tiny models) get small steps
+    step = step or _reserve_step(budget)
     reserve = -(-(count(lines[-1]) + min(CURSOR_SLACK, step)) // step) * step
     room = budget - reserve
 
@@ -298,7 +303,7 @@ def render_parts(template: Template, ctx: Context, count_tokens: Callable[[str],
     overhead = count(template.fill(ctx, "", "", ""))
     room = max(1, budget - overhead)
     near_budget = max(1, int(room * template.prefix_share))
-    step = max(1, min(CURSOR_STEP, near_budget // 8))  # one cursor-line reserve for both fits below
+    step = _reserve_step(near_budget)  # one cursor-line reserve for both fits below
     near = _fit_prefix(ctx.prefix, near_budget, count, step)
     used = count(near)
     suffix = ""

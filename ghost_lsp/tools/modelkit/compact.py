@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -181,6 +182,16 @@ class CompactLlama(nn.Module):
             intermediate_size=cfg.intermediate_size, context_length=cfg.max_position_embeddings,
             rope_theta=getattr(cfg, "rope_theta", 10000.0), rms_eps=cfg.rms_norm_eps,
         ))
+
+    @classmethod
+    def from_folder(cls, hf_dir) -> "CompactLlama":
+        """A Hugging Face Llama folder (config.json + model.safetensors) as a compact model."""
+        from safetensors.torch import load_file
+        from transformers import AutoConfig
+
+        m = cls.from_hf_config(AutoConfig.from_pretrained(hf_dir))
+        m.load_weights(load_file(str(Path(hf_dir) / "model.safetensors")))
+        return m
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Load HF-named weights (lm_head dropped: it is the embedding)."""

@@ -163,14 +163,14 @@ def stage_train(r: Recipe, stage: str, resume: bool = False, minutes: float | No
     elif stage in ("student", "baseline"):
         cfg = r.section("student")
         teacher = cfg.pop("teacher", "teacher")
-        for k in ("teacher_top_k", "teacher_cache", "teacher_cache_windows"):
-            if stage == "baseline":
-                cfg.pop(k, None)  # the same student trained alone
-        if stage == "student":
-            # `teacher`: a stage of this work folder (default "teacher"), else a model checkpoint folder
-            cand = r.stage_dir(teacher)
-            cfg["teacher"] = str(cand if cand.is_dir() else (REPO / teacher if not Path(teacher).is_absolute()
-                                                             else Path(teacher)))
+        if stage == "baseline":  # the same student trained alone
+            for k in ("teacher_top_k", "teacher_cache", "teacher_cache_windows"):
+                cfg.pop(k, None)
+        else:
+            # `teacher`: a stage of this work folder (default "teacher"), else a checkpoint folder
+            # (relative to the checkout, or absolute)
+            stage_dir = r.stage_dir(teacher)
+            cfg["teacher"] = str(stage_dir if stage_dir.is_dir() else REPO / teacher)
         if cfg.get("teacher_top_k") and not cfg.get("teacher_cache"):
             cfg["teacher_cache"] = str(r.stage_dir("teacher-topk"))
     else:

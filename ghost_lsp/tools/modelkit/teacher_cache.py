@@ -48,13 +48,9 @@ def _load_teacher(teacher_dir: Path, device: str):
 
     config = AutoConfig.from_pretrained(teacher_dir)
     if config.model_type == "llama" and (teacher_dir / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
         from ghost_lsp.tools.modelkit.compact import CompactLlama
 
-        m = CompactLlama.from_hf_config(config)
-        m.load_weights(load_file(str(teacher_dir / "model.safetensors")))
-        forward = m
+        m = forward = CompactLlama.from_folder(teacher_dir)
     else:
         from transformers import AutoModelForCausalLM
 

@@ -192,11 +192,7 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
         from ghost_lsp.tools.modelkit.compact import CompactConfig, CompactLlama
 
         if cfg.init_from:
-            from safetensors.torch import load_file
-            from transformers import AutoConfig
-
-            model = CompactLlama.from_hf_config(AutoConfig.from_pretrained(cfg.init_from))
-            model.load_weights(load_file(str(Path(cfg.init_from) / "model.safetensors")))
+            model = CompactLlama.from_folder(cfg.init_from)
         else:
             model = CompactLlama(CompactConfig(
                 vocab_size=tok.get_vocab_size(), hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
@@ -225,8 +221,8 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
         cache_dir = Path(cfg.teacher_cache) if cfg.teacher_cache else out.parent / "teacher-topk"
         build_teacher_cache(cfg.teacher, train_tokens, sp, tokenizer_path, cache_dir,
                             windows=cfg.teacher_cache_windows, context=cfg.context_length, k=cfg.teacher_top_k,
-                            temperature=cfg.distill_temperature, fim_rate=cfg.fim_rate, seed=cfg.seed, bf16=cfg.bf16, device=cfg.device,
-                            progress=progress)
+                            temperature=cfg.distill_temperature, fim_rate=cfg.fim_rate, seed=cfg.seed,
+                            bf16=cfg.bf16, device=cfg.device, progress=progress)
         cached = CachedTeacher(cache_dir, cfg.context_length, seed=cfg.seed)
     elif cfg.teacher:
         from transformers import AutoModelForCausalLM
