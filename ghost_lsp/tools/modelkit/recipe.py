@@ -276,7 +276,9 @@ def add_model_parsers(subparsers) -> None:
                            ("eval", "compare teacher, students and exports in one table; writes the card"),
                            ("card", "rewrite the model card from the last eval's figures and the recipe's notes"),
                            ("build", "run every stage in order"),
-                           ("plot", "validation loss vs training tokens of the recipe's runs (PNG)")]:
+                           ("plot", "validation loss vs training tokens of the recipe's runs (PNG)"),
+                           ("sweep", "train the recipe's [sweep] sizes on one token budget; loss, held-out "
+                                     "loss and keystroke latency of each (resumable)")]:
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("recipe", help="recipe file, e.g. models/recipes/ghost-py-base.toml")
         sp.add_argument("--work", help="work folder (default runs/<name>)")
@@ -297,6 +299,14 @@ def add_model_parsers(subparsers) -> None:
             sp.add_argument("--run", action="append", metavar="LABEL=DIR",
                             help="a run folder to draw (repeatable; default: the recipe's stages)")
             sp.add_argument("--png", default="", help="output file (default: the model folder's loss.png)")
+        if name == "sweep":
+            sp.add_argument("--only", help="comma-separated size labels (default: every size)")
+            sp.add_argument("--heldout", action="append", metavar="SOURCE", default=[],
+                            help="held-out code for the held-out loss: folder, .py file or sdist (repeatable)")
+            sp.add_argument("--heldout-package", action="append", metavar="NAME", default=[],
+                            help="a PyPI package reserved for evaluation, fetched as an sdist (repeatable)")
+            sp.add_argument("--no-latency", action="store_true", help="skip the export and the server replay")
+            sp.add_argument("--train-only", action="store_true", help="train (or continue) the sizes, measure nothing")
         sp.set_defaults(func=run_model_command)
     try:
         from ghost_lsp.tools.modelkit.export import add_model_export_parser
@@ -339,6 +349,13 @@ def run_model_command(args: argparse.Namespace) -> int:
         runs = dict(x.split("=", 1) for x in args.run) if args.run else {
             st: r.stage_dir(st) for st in ("base", "teacher", "student") if (r.stage_dir(st) / "train_log.jsonl").is_file()}
         print(plot_runs(runs, args.png or r.out / "loss.png", title=r.name))
+    if cmd == "sweep":
+        from ghost_lsp.tools.evals.sources import download_sdist
+        from ghost_lsp.tools.modelkit.sweep import run_sweep
+
+        heldout = list(args.heldout) + [str(download_sdist(n)) for n in args.heldout_package]
+        print(json.dumps(run_sweep(r, only=args.only.split(",") if args.only else None, heldout=heldout,
+                                   latency=not args.no_latency, train_only=args.train_only), indent=1))
     if cmd == "card":
         from ghost_lsp.tools.modelkit.evaluate import write_card_from_recorded
 
