@@ -150,20 +150,50 @@ def test_realsize_bench_runs_every_step_on_a_tiny_config(tmp_path):
     assert "| onnx fused int4 |" in realsize.table(res) and not (tmp_path / "work" / "tiny").exists()
 
 
-def test_qwen2_gguf_matches_pytorch_in_llama_cpp(tmp_path):
-    """write_gguf's qwen2 mapping (biases, no rotary permutation): llama.cpp's f32 logits are PyTorch's."""
+# write_gguf's architectures beyond llama (tests/test_bench_peers.py), each with the tokenizer of a
+# family that ships it. Each has what its mapping could get wrong: qwen2 its q/k/v biases unrotated,
+# starcoder2 LayerNorm and biases everywhere, gpt_bigcode the fused multi-query c_attn and learned
+# positions, gemma its (1 + w) norms, phi3 the fused qkv_proj and gate_up_proj.
+GGUF_ARCHS = [("qwen2", "qwen"), ("starcoder2", "starcoder2"), ("gpt_bigcode", "starcoder"),
+              ("gemma", "codegemma"), ("phi3", "phi3")]
+
+
+@pytest.mark.parametrize("arch,specials_of", GGUF_ARCHS)
+def test_gguf_matches_pytorch_in_llama_cpp(tmp_path, arch, specials_of):
+    """f32: llama.cpp's last logits are PyTorch's (the peers' gate) and its greedy tokens the same;
+    q8_0 (every dimension a multiple of 32) loads and runs, in a subprocess so a crash is a failure."""
     pytest.importorskip("llama_cpp")
+    import subprocess
+    import sys
+
     import torch
     from transformers import AutoModelForCausalLM
 
     from ghost_lsp.tools.bench.peer_models import write_gguf
     from ghost_lsp.tools.bench.peers import _llama_cpp_runner, logits_check
 
-    hf = build_hf(tmp_path / "hf", "qwen2", "qwen", hidden=64)
+    hf = build_hf(tmp_path / "hf", arch, specials_of, hidden=64)
     write_gguf(hf, tmp_path / "m.gguf", "f32")
     ids = [int(i) for i in np.random.default_rng(0).integers(3, 300, 20)]
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    seq = list(ids)
     with torch.no_grad():
-        ref = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)(torch.tensor([ids])).logits[0, -1].numpy()
-    r = _llama_cpp_runner(tmp_path / "m.gguf", "f32", 1, 32, f32_kv=True)
-    assert logits_check(ref, r.prefill(ids))["ok"]
+        ref = model(torch.tensor([ids])).logits[0, -1].numpy()
+        for _ in range(8):  # greedy without a cache: nothing of generate()'s to differ
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    r = _llama_cpp_runner(tmp_path / "m.gguf", "f32", 1, 64, f32_kv=True)
+    check = logits_check(ref, r.prefill(ids))
+    tokens = [r.next_token() for _ in range(8)]
     r.close()
+    assert check["ok"], check
+    assert tokens == seq[len(ids):]
+
+    assert write_gguf(hf, tmp_path / "m-q8.gguf", "q8_0") == {"fallback_f16": []}
+    code = ("import sys; from pathlib import Path; from ghost_lsp.tools.bench.peers import _llama_cpp_runner\n"
+            "r = _llama_cpp_runner(Path(sys.argv[1]), 'q8_0', 1, 64)\n"
+            "x = r.prefill(list(range(3, 40)))\n"
+            "assert x.ndim == 1 and bool((abs(x) < 1e4).all()) and r.next_token() >= 0\n"
+            "r.close(); print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m-q8.gguf")], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]
