@@ -150,6 +150,28 @@ def test_realsize_bench_runs_every_step_on_a_tiny_config(tmp_path):
     assert "| onnx fused int4 |" in realsize.table(res) and not (tmp_path / "work" / "tiny").exists()
 
 
+def test_every_realsize_config_builds_at_its_published_size():
+    """Each published config instantiates with transformers' class here (meta device: nothing
+    allocated) at the parameter count its _source states, and write_gguf writes its type."""
+    import re
+
+    from ghost_lsp.tools.bench import realsize
+    from ghost_lsp.tools.bench.peer_models import GGUF_ARCHS
+
+    configs = sorted(realsize.CONFIGS.glob("*.json"))
+    assert len(configs) >= 8
+    for path in configs:
+        stated = re.search(r"([\d.]+) ([BM]) parameters", json.loads(path.read_text())["_source"])
+        config = realsize.realsize_config(path)
+        n = export_inputs.parameter_count(config)
+        scale = 1e9 if stated[2] == "B" else 1e6
+        assert abs(n / scale - float(stated[1])) <= 0.0051 * (1 if scale == 1e9 else 100), (path.name, n)
+        assert config.model_type in GGUF_ARCHS
+        fused, _ = export_inputs.memory_needed(config, n, "fused")
+        optimum, _ = export_inputs.memory_needed(config, n, "optimum")
+        assert 4 * n < fused and 4 * n < optimum
+
+
 # write_gguf's architectures beyond llama (tests/test_bench_peers.py), each with the tokenizer of a
 # family that ships it. Each has what its mapping could get wrong: qwen2 its q/k/v biases unrotated,
 # starcoder2 LayerNorm and biases everywhere, gpt_bigcode the fused multi-query c_attn and learned

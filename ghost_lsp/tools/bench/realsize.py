@@ -24,17 +24,23 @@ CONFIGS = Path(__file__).with_name("realsize_configs")
 ENGINES = ("fused", "optimum", "llama.cpp")
 
 
+def realsize_config(config_json: Path):
+    """The transformers config of a realsize_configs/ file (keys starting with "_" are ours)."""
+    from transformers import CONFIG_MAPPING
+
+    raw = {k: v for k, v in json.loads(Path(config_json).read_text()).items() if not k.startswith("_")}
+    return CONFIG_MAPPING[raw.pop("model_type")](**raw)
+
+
 def build_random_checkpoint(config_json: Path, out: Path) -> Path:
     """The config's model with transformers' own random init, saved in bf16 with a tokenizer."""
     import torch
-    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from ghost_lsp.tools.modelkit.tiny import train_tiny_tokenizer
 
-    raw = {k: v for k, v in json.loads(Path(config_json).read_text()).items() if not k.startswith("_")}
-    config = CONFIG_MAPPING[raw.pop("model_type")](**raw)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_config(realsize_config(config_json), dtype=torch.bfloat16)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     train_tiny_tokenizer().save(str(out / "tokenizer.json"))
