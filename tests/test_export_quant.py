@@ -134,13 +134,26 @@ def test_fused_memory_estimate_is_one_copy_and_refuses_with_the_numbers(tmp_path
         export_inputs.check_memory(config, "optimum")
 
 
+def _scaled_down(cfg: dict) -> dict:
+    """A realsize config at test size: its keys and switches (biases, multi-query, tying, window)
+    kept, its dimensions tiny, its token ids inside the tiny vocabulary."""
+    small = {"hidden_size": 64, "n_embd": 64, "intermediate_size": 128, "n_inner": 128, "num_hidden_layers": 2,
+             "n_layer": 2, "num_attention_heads": 4, "n_head": 4, "head_dim": 16, "max_position_embeddings": 128,
+             "n_positions": 128, "vocab_size": 512, "sliding_window": 64}
+    out = {k: small.get(k, v) for k, v in cfg.items()}
+    if "num_key_value_heads" in cfg:
+        out["num_key_value_heads"] = min(cfg["num_key_value_heads"], 2)
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if isinstance(cfg.get(k), int) and cfg[k] >= small["vocab_size"]:
+            out[k] = 0
+    return out
+
+
 def test_realsize_bench_runs_every_step_on_a_tiny_config(tmp_path):
     """`bench --realsize` on a tiny qwen2 config: build, both fused exports, speed, the table."""
     from ghost_lsp.tools.bench import realsize
 
-    cfg = json.loads((realsize.CONFIGS / "qwen2.5-coder-0.5b.json").read_text())
-    cfg.update(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=128, sliding_window=128)
+    cfg = _scaled_down(json.loads((realsize.CONFIGS / "qwen2.5-coder-0.5b.json").read_text()))
     (tmp_path / "tiny.json").write_text(json.dumps(cfg))
     res = realsize.run_realsize(tmp_path / "tiny.json", tmp_path / "work", engines={"fused"}, rounds=1,
                                 n_prompt=16, n_new=4, threads=1)
@@ -170,6 +183,28 @@ def test_every_realsize_config_builds_at_its_published_size():
         fused, _ = export_inputs.memory_needed(config, n, "fused")
         optimum, _ = export_inputs.memory_needed(config, n, "optimum")
         assert 4 * n < fused and 4 * n < optimum
+
+
+OTHER_ARCH_CONFIGS = ["starcoder2-3b", "tiny_starcoder-164m", "santacoder-1.1b", "codegemma-2b", "phi-3-mini"]
+
+
+@pytest.mark.parametrize("name", OTHER_ARCH_CONFIGS)
+def test_realsize_bench_writes_and_times_gguf_of_architectures_fused_does_not_build(tmp_path, name):
+    """A scaled-down copy of each published config: built with its class, the fused rows skipped
+    with the reason, llama.cpp's q8_0 and q4_0 GGUFs written and timed."""
+    pytest.importorskip("llama_cpp")
+    from ghost_lsp.tools.bench import realsize
+
+    cfg = _scaled_down(json.loads((realsize.CONFIGS / f"{name}.json").read_text()))
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    res = realsize.run_realsize(tmp_path / f"{name}.json", tmp_path / "work", engines={"fused", "llama.cpp"},
+                                rounds=1, n_prompt=16, n_new=4, threads=1)
+    assert [s["engine"] for s in res["skipped"]] == ["fused"]
+    assert "fused builds llama, qwen2, mistral only" in res["skipped"][0]["reason"]
+    assert [(r["engine"], r["format"]) for r in res["rows"]] == [("llama.cpp", "q8_0"), ("llama.cpp", "q4_0")]
+    for r in res["rows"]:
+        assert "skipped" not in r and r["prefill_ms"] > 0 and r["decode_ms_per_token"] > 0
+    assert 0 < res["parameters"] < 1e6
 
 
 # write_gguf's architectures beyond llama (tests/test_bench_peers.py), each with the tokenizer of a
