@@ -47,7 +47,7 @@ def build_hf(folder, arch, specials_of, hidden=32):
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                   eos_token_id=eos, bos_token_id=eos, pad_token_id=eos, initializer_range=0.2)
     if arch == "gpt_bigcode":
-        cfg = T.GPTBigCodeConfig(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+        cfg = T.GPTBigCodeConfig(vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=4, n_positions=128,
                                  multi_query=True, eos_token_id=eos, bos_token_id=eos, initializer_range=0.2)
     elif arch == "gemma":
         cfg = T.GemmaConfig(head_dim=8, **common)

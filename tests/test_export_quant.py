@@ -134,13 +134,26 @@ def test_fused_memory_estimate_is_one_copy_and_refuses_with_the_numbers(tmp_path
         export_inputs.check_memory(config, "optimum")
 
 
+def _scaled_down(cfg: dict) -> dict:
+    """A realsize config at test size: its keys and switches (biases, multi-query, tying, window)
+    kept, its dimensions tiny, its token ids inside the tiny vocabulary."""
+    small = {"hidden_size": 64, "n_embd": 64, "intermediate_size": 128, "n_inner": 128, "num_hidden_layers": 2,
+             "n_layer": 2, "num_attention_heads": 4, "n_head": 4, "head_dim": 16, "max_position_embeddings": 128,
+             "n_positions": 128, "vocab_size": 512, "sliding_window": 64}
+    out = {k: small.get(k, v) for k, v in cfg.items()}
+    if "num_key_value_heads" in cfg:
+        out["num_key_value_heads"] = min(cfg["num_key_value_heads"], 2)
+    for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if isinstance(cfg.get(k), int) and cfg[k] >= small["vocab_size"]:
+            out[k] = 0
+    return out
+
+
 def test_realsize_bench_runs_every_step_on_a_tiny_config(tmp_path):
     """`bench --realsize` on a tiny qwen2 config: build, both fused exports, speed, the table."""
     from ghost_lsp.tools.bench import realsize
 
-    cfg = json.loads((realsize.CONFIGS / "qwen2.5-coder-0.5b.json").read_text())
-    cfg.update(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=128, sliding_window=128)
+    cfg = _scaled_down(json.loads((realsize.CONFIGS / "qwen2.5-coder-0.5b.json").read_text()))
     (tmp_path / "tiny.json").write_text(json.dumps(cfg))
     res = realsize.run_realsize(tmp_path / "tiny.json", tmp_path / "work", engines={"fused"}, rounds=1,
                                 n_prompt=16, n_new=4, threads=1)
@@ -150,20 +163,94 @@ def test_realsize_bench_runs_every_step_on_a_tiny_config(tmp_path):
     assert "| onnx fused int4 |" in realsize.table(res) and not (tmp_path / "work" / "tiny").exists()
 
 
-def test_qwen2_gguf_matches_pytorch_in_llama_cpp(tmp_path):
-    """write_gguf's qwen2 mapping (biases, no rotary permutation): llama.cpp's f32 logits are PyTorch's."""
+def test_every_realsize_config_builds_at_its_published_size():
+    """Each published config instantiates with transformers' class here (meta device: nothing
+    allocated) at the parameter count its _source states, and write_gguf writes its type."""
+    import re
+
+    from ghost_lsp.tools.bench import realsize
+    from ghost_lsp.tools.bench.peer_models import GGUF_ARCHS
+
+    configs = sorted(realsize.CONFIGS.glob("*.json"))
+    assert len(configs) >= 8
+    for path in configs:
+        stated = re.search(r"([\d.]+) ([BM]) parameters", json.loads(path.read_text())["_source"])
+        config = realsize.realsize_config(path)
+        n = export_inputs.parameter_count(config)
+        scale = 1e9 if stated[2] == "B" else 1e6
+        assert abs(n / scale - float(stated[1])) <= 0.0051 * (1 if scale == 1e9 else 100), (path.name, n)
+        assert config.model_type in GGUF_ARCHS
+        fused, _ = export_inputs.memory_needed(config, n, "fused")
+        optimum, _ = export_inputs.memory_needed(config, n, "optimum")
+        assert 4 * n < fused and 4 * n < optimum
+
+
+OTHER_ARCH_CONFIGS = ["starcoder2-3b", "tiny_starcoder-164m", "santacoder-1.1b", "codegemma-2b", "phi-3-mini"]
+
+
+@pytest.mark.parametrize("name", OTHER_ARCH_CONFIGS)
+def test_realsize_bench_writes_and_times_gguf_of_architectures_fused_does_not_build(tmp_path, name):
+    """A scaled-down copy of each published config: built with its class, the fused rows skipped
+    with the reason, llama.cpp's q8_0 and q4_0 GGUFs written and timed."""
     pytest.importorskip("llama_cpp")
+    from ghost_lsp.tools.bench import realsize
+
+    cfg = _scaled_down(json.loads((realsize.CONFIGS / f"{name}.json").read_text()))
+    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+    res = realsize.run_realsize(tmp_path / f"{name}.json", tmp_path / "work", engines={"fused", "llama.cpp"},
+                                rounds=1, n_prompt=16, n_new=4, threads=1)
+    assert [s["engine"] for s in res["skipped"]] == ["fused"]
+    assert "fused builds llama, qwen2, mistral only" in res["skipped"][0]["reason"]
+    assert [(r["engine"], r["format"]) for r in res["rows"]] == [("llama.cpp", "q8_0"), ("llama.cpp", "q4_0")]
+    for r in res["rows"]:
+        assert "skipped" not in r and r["prefill_ms"] > 0 and r["decode_ms_per_token"] > 0
+    assert 0 < res["parameters"] < 1e6
+
+
+# write_gguf's architectures beyond llama (tests/test_bench_peers.py), each with the tokenizer of a
+# family that ships it. Each has what its mapping could get wrong: qwen2 its q/k/v biases unrotated,
+# starcoder2 LayerNorm and biases everywhere, gpt_bigcode the fused multi-query c_attn and learned
+# positions, gemma its (1 + w) norms, phi3 the fused qkv_proj and gate_up_proj.
+GGUF_ARCHS = [("qwen2", "qwen"), ("starcoder2", "starcoder2"), ("gpt_bigcode", "starcoder"),
+              ("gemma", "codegemma"), ("phi3", "phi3")]
+
+
+@pytest.mark.parametrize("arch,specials_of", GGUF_ARCHS)
+def test_gguf_matches_pytorch_in_llama_cpp(tmp_path, arch, specials_of):
+    """f32: llama.cpp's last logits are PyTorch's (the peers' gate) and its greedy tokens the same;
+    q8_0 (every dimension a multiple of 32) loads and runs, in a subprocess so a crash is a failure."""
+    pytest.importorskip("llama_cpp")
+    import subprocess
+    import sys
+
     import torch
     from transformers import AutoModelForCausalLM
 
     from ghost_lsp.tools.bench.peer_models import write_gguf
     from ghost_lsp.tools.bench.peers import _llama_cpp_runner, logits_check
 
-    hf = build_hf(tmp_path / "hf", "qwen2", "qwen", hidden=64)
+    hf = build_hf(tmp_path / "hf", arch, specials_of, hidden=64)
     write_gguf(hf, tmp_path / "m.gguf", "f32")
     ids = [int(i) for i in np.random.default_rng(0).integers(3, 300, 20)]
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    seq = list(ids)
     with torch.no_grad():
-        ref = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)(torch.tensor([ids])).logits[0, -1].numpy()
-    r = _llama_cpp_runner(tmp_path / "m.gguf", "f32", 1, 32, f32_kv=True)
-    assert logits_check(ref, r.prefill(ids))["ok"]
+        ref = model(torch.tensor([ids])).logits[0, -1].numpy()
+        for _ in range(8):  # greedy without a cache: nothing of generate()'s to differ
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    r = _llama_cpp_runner(tmp_path / "m.gguf", "f32", 1, 64, f32_kv=True)
+    check = logits_check(ref, r.prefill(ids))
+    tokens = [r.next_token() for _ in range(8)]
     r.close()
+    assert check["ok"], check
+    assert tokens == seq[len(ids):]
+
+    assert write_gguf(hf, tmp_path / "m-q8.gguf", "q8_0") == {"fallback_f16": []}
+    code = ("import sys; from pathlib import Path; from ghost_lsp.tools.bench.peers import _llama_cpp_runner\n"
+            "r = _llama_cpp_runner(Path(sys.argv[1]), 'q8_0', 1, 64)\n"
+            "x = r.prefill(list(range(3, 40)))\n"
+            "assert x.ndim == 1 and bool((abs(x) < 1e4).all()) and r.next_token() >= 0\n"
+            "r.close(); print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m-q8.gguf")], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-2000:]

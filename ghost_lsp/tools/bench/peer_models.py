@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +59,61 @@ def build_random_llama(out: Path, tokenizer_json: Path, max_positions: int, **di
     return out
 
 
+@dataclass(frozen=True)
+class GgufArch:
+    """How one Hugging Face model type is written as one of llama.cpp's architectures."""
+    name: str  # llama.cpp's architecture
+    layer_norm: bool = False  # LayerNorm with bias (layer_norm_epsilon), else RMSNorm (layer_norm_rms_epsilon)
+    rope: bool = True  # else learned absolute positions (position_embd)
+    # llama.cpp's llama rotates adjacent pairs; HF, and llama.cpp's NEOX-rope architectures, the halves
+    permute_qk: bool = False
+    # Gemma's RMSNorm scales by (1 + w), llama.cpp's by w: llama.cpp's converter adds 1 to every norm weight
+    norm_shift: float = 0.0
+
+
+GGUF_ARCHS = {
+    "llama": GgufArch("llama", permute_qk=True),
+    "mistral": GgufArch("llama", permute_qk=True),
+    "qwen2": GgufArch("qwen2"),  # q/k/v biases
+    "starcoder2": GgufArch("starcoder2", layer_norm=True),  # biases everywhere, GELU MLP
+    "gpt_bigcode": GgufArch("starcoder", layer_norm=True, rope=False),  # fused multi-query c_attn, wpe
+    "gemma": GgufArch("gemma", norm_shift=1.0),  # GeGLU, embeddings scaled by sqrt(hidden) in llama.cpp too
+    "phi3": GgufArch("phi3"),  # fused qkv_proj and gate_up_proj (llama.cpp splits both as HF does)
+}
+# HF tensor names (without the layer prefix and the .weight/.bias suffix) to llama.cpp's, one table
+# for every architecture: no HF name means two things across them.
+_GLOBAL_NAMES = {"model.embed_tokens": "token_embd", "transformer.wte": "token_embd",
+                 "transformer.wpe": "position_embd", "model.norm": "output_norm", "transformer.ln_f": "output_norm",
+                 "lm_head": "output"}
+_LAYER_NAMES = {
+    "input_layernorm": "attn_norm", "ln_1": "attn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.qkv_proj": "attn_qkv", "attn.c_attn": "attn_qkv",
+    "self_attn.o_proj": "attn_output", "attn.c_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm", "ln_2": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.gate_up_proj": "ffn_up", "mlp.c_fc": "ffn_up",
+    "mlp.down_proj": "ffn_down", "mlp.c_proj": "ffn_down"}
+_LAYER_PREFIXES = ("model.layers.", "transformer.h.")
+
+
+def _gguf_name(key: str) -> str | None:
+    """llama.cpp's name for a HF tensor, or None for one it has no use for (rotary buffers...)."""
+    stem, kind = key.rsplit(".", 1)
+    for prefix in _LAYER_PREFIXES:
+        if stem.startswith(prefix):
+            i, rest = stem[len(prefix):].split(".", 1)
+            return f"blk.{i}.{_LAYER_NAMES[rest]}.{kind}" if rest in _LAYER_NAMES else None
+    return f"{_GLOBAL_NAMES[stem]}.{kind}" if stem in _GLOBAL_NAMES else None
+
+
 def write_gguf(hf_dir: Path, out: Path, qtype: str, tokenizer_json: Path | None = None) -> dict:
-    """Write a llama.cpp GGUF of a HF Llama/Mistral (architecture llama) or Qwen2 (architecture
-    qwen2: q/k/v biases, halves rotated as in HF) checkpoint, read a tensor at a time.
+    """Write a llama.cpp GGUF of a HF checkpoint of a type in GGUF_ARCHS, as llama.cpp's own
+    architecture (its tensor names and metadata keys, as its convert_hf_to_gguf.py writes them),
+    read a tensor at a time.
 
     qtype: "f32", "f16", "q8_0" or "q4_0". 2-D weights whose input dimension is not a multiple
-    of the 32-value block fall back to f16 (as llama.cpp's own converter does); norms stay f32.
-    Returns {"fallback_f16": [tensor names]}.
+    of the 32-value block fall back to f16 (as llama.cpp's own converter does); norms, biases and
+    learned position embeddings stay f32. Returns {"fallback_f16": [tensor names]}.
     """
     import gguf
     from transformers import AutoConfig
@@ -72,9 +121,15 @@ def write_gguf(hf_dir: Path, out: Path, qtype: str, tokenizer_json: Path | None 
     from ghost_lsp.tools.modelkit.weights import CheckpointReader
 
     cfg = AutoConfig.from_pretrained(hf_dir)
-    if cfg.model_type not in ("llama", "mistral", "qwen2"):
-        raise ValueError(f"write_gguf writes llama, mistral and qwen2 checkpoints, not {cfg.model_type!r}")
-    qwen2 = cfg.model_type == "qwen2"
+    arch = GGUF_ARCHS.get(cfg.model_type)
+    if arch is None:
+        raise ValueError(f"write_gguf writes {', '.join(GGUF_ARCHS)} checkpoints, not {cfg.model_type!r}")
+    if cfg.model_type == "gpt_bigcode" and not cfg.multi_query:
+        # Multi-head c_attn interleaves q, k, v per head; llama.cpp's starcoder (and its converter,
+        # which writes one KV head) reads the multi-query layout [q | k | v] only.
+        raise ValueError("write_gguf writes multi-query gpt_bigcode checkpoints only (multi_query=False given)")
+    if cfg.model_type == "phi3" and cfg.rope_scaling:
+        raise ValueError("write_gguf does not write Phi-3's long-context rope factors (rope_scaling is set)")
     reader = CheckpointReader(hf_dir)
     n_head = cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
@@ -86,19 +141,26 @@ def write_gguf(hf_dir: Path, out: Path, qtype: str, tokenizer_json: Path | None 
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                   "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
 
-    w = gguf.GGUFWriter(str(out), "qwen2" if qwen2 else "llama")
+    w = gguf.GGUFWriter(str(out), arch.name)
     w.add_name(hf_dir.name)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_feed_forward_length(getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None)
+                              or 4 * cfg.hidden_size)
     w.add_head_count(n_head)
     w.add_head_count_kv(n_kv)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(cfg.rope_theta))
-    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    eps = next(float(v) for k in ("rms_norm_eps", "norm_epsilon", "layer_norm_epsilon")
+               if (v := getattr(cfg, k, None)) is not None)
+    (w.add_layer_norm_eps if arch.layer_norm else w.add_layer_norm_rms_eps)(eps)
+    if arch.rope:
+        w.add_rope_dimension_count(int(head_dim * (getattr(cfg, "partial_rotary_factor", None) or 1.0)))
+        w.add_rope_freq_base(float(cfg.rope_theta))
+    if arch.name == "phi3":  # as llama.cpp's converter writes them (sliding window 0: none)
+        w.add_rope_scaling_orig_ctx_len(cfg.original_max_position_embeddings)
+        w.add_sliding_window(cfg.sliding_window or 0)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(file_types[qtype])
     _add_gguf_vocab(w, tokenizer_json or hf_dir / "tokenizer.json", cfg)
@@ -108,33 +170,21 @@ def write_gguf(hf_dir: Path, out: Path, qtype: str, tokenizer_json: Path | None 
         # rotates adjacent pairs: interleave the rows so both compute the same attention.
         return x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
 
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    per_layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-                 "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-                 "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
-                 "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
     fallback = []
     for key in reader.names():
         if key == "lm_head.weight" and getattr(cfg, "tie_word_embeddings", False):
             continue  # llama.cpp reads token_embd for the output when output.weight is absent
-        if key.startswith("model.layers."):
-            i, rest = key[len("model.layers."):].split(".", 1)
-            rest, kind = rest.rsplit(".", 1)
-            if rest not in per_layer:
-                continue
-            name = f"blk.{i}.{per_layer[rest]}.{kind}"
-            arr = reader.get(key)
-            if rest == "self_attn.q_proj" and not qwen2:  # llama.cpp's qwen2 rotates halves as HF does
-                arr = permute(arr, n_head)
-            elif rest == "self_attn.k_proj" and not qwen2:
-                arr = permute(arr, n_kv)
-        elif key in names:
-            name, arr = names[key], reader.get(key)
-        else:
-            continue  # rotary inv_freq buffers and the like
+        name = _gguf_name(key)
+        if name is None:
+            continue
+        arr = reader.get(key)
+        part = name.split(".")[-2]
+        if arch.permute_qk and part in ("attn_q", "attn_k"):
+            arr = permute(arr, n_head if part == "attn_q" else n_kv)
+        if arch.norm_shift and name.endswith("_norm.weight"):
+            arr = arr + arch.norm_shift
         arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if arr.ndim == 1 or qtype == "f32":
+        if arr.ndim == 1 or qtype == "f32" or part == "position_embd":
             w.add_tensor(name, arr)
         elif qtype == "f16" or arr.shape[-1] % 32:
             if qtype != "f16":

@@ -146,9 +146,12 @@ def _llama_cpp_runner(gguf_path: Path, fmt: str, threads: int, n_ctx: int, f32_k
     kw = {}
     if f32_kv:  # the fp32 check: keep the KV cache in f32 too (the default is f16)
         kw.update(type_k=0, type_v=0)
+    # Flash attention casts K and V to f16 whatever the cache holds (llama.cpp's build_attn_mha): the
+    # fp32 check runs without it (its logits then match PyTorch to ~1e-6 instead of ~1e-3 of their scale).
+    flash_attn = not f32_kv
     with _load_params() as extra_bufts:
         llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
-                    n_threads_batch=threads, flash_attn=True, verbose=False, logits_all=False, **kw)
+                    n_threads_batch=threads, flash_attn=flash_attn, verbose=False, logits_all=False, **kw)
 
     n_vocab = llm.n_vocab()
 
@@ -168,7 +171,7 @@ def _llama_cpp_runner(gguf_path: Path, fmt: str, threads: int, n_ctx: int, f32_k
         return tok
 
     return Runner("llama.cpp", fmt, prefill, next_token, close=llm.close,
-                  info={"gguf_mb": round(gguf_path.stat().st_size / 1e6, 2), "flash_attn": True,
+                  info={"gguf_mb": round(gguf_path.stat().st_size / 1e6, 2), "flash_attn": flash_attn,
                         # False on AMX CPUs (see _load_params): llama.cpp runs without its repacked layouts
                         "extra_buffer_types": extra_bufts})
 

@@ -6,8 +6,10 @@ in bf16 as its checkpoints ship, with a small byte-level tokenizer (ids are fed 
 Then, each step in its own process so its peak resident memory (wait4's ru_maxrss) is its own:
 the fused export at int8 and at int4 (`model export --graph fused`, checked against PyTorch as
 always: fp32 logits within tolerance; agreement of random weights is reported, not gated),
-optionally optimum's int8 export, GGUF q8_0/q4_0 for llama.cpp (peer_models.write_gguf), and
-per format: a 1,024-token prefill and greedy decode, `rounds` timed runs after a warm-up, medians.
+optionally optimum's int8 export, GGUF q8_0/q4_0 for llama.cpp (peer_models.write_gguf, as
+llama.cpp's own architecture of each model type), and per format: a 1,024-token prefill and
+greedy decode, `rounds` timed runs after a warm-up, medians. A model type the fused graph does
+not build (starcoder2, gpt_bigcode, gemma, phi3) has its fused rows skipped with the reason.
 """
 
 from __future__ import annotations
@@ -24,21 +26,28 @@ CONFIGS = Path(__file__).with_name("realsize_configs")
 ENGINES = ("fused", "optimum", "llama.cpp")
 
 
-def build_random_checkpoint(config_json: Path, out: Path) -> Path:
-    """The config's model with transformers' own random init, saved in bf16 with a tokenizer."""
+def realsize_config(config_json: Path):
+    """The transformers config of a realsize_configs/ file (keys starting with "_" are ours)."""
+    from transformers import CONFIG_MAPPING
+
+    raw = {k: v for k, v in json.loads(Path(config_json).read_text()).items() if not k.startswith("_")}
+    return CONFIG_MAPPING[raw.pop("model_type")](**raw)
+
+
+def build_random_checkpoint(config_json: Path, out: Path) -> int:
+    """The config's model with transformers' own random init, saved in bf16 with a tokenizer;
+    returns its parameter count."""
     import torch
-    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from ghost_lsp.tools.modelkit.tiny import train_tiny_tokenizer
 
-    raw = {k: v for k, v in json.loads(Path(config_json).read_text()).items() if not k.startswith("_")}
-    config = CONFIG_MAPPING[raw.pop("model_type")](**raw)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_config(realsize_config(config_json), dtype=torch.bfloat16)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     train_tiny_tokenizer().save(str(out / "tokenizer.json"))
-    return out
+    return sum(p.numel() for p in model.parameters())
 
 
 def _measured(args: list[str]) -> tuple[float, int, str]:
@@ -75,6 +84,8 @@ def run_realsize(config_json: Path, work: Path, *, engines: set[str], rounds: in
     """Every step of one config; returns the result dict (rows per format)."""
     import shutil
 
+    from ghost_lsp.tools.modelkit.export import FUSED_TYPES
+
     name = Path(config_json).stem
     work = Path(work) / name
     hf = work / "hf"
@@ -82,8 +93,14 @@ def run_realsize(config_json: Path, work: Path, *, engines: set[str], rounds: in
     if (hf / "config.json").is_file():  # kept from an earlier run (--keep)
         result["build"] = {"seconds": 0, "reused": str(hf)}
     else:
-        secs, rss, _ = _measured(["build", str(config_json), str(hf)])
+        secs, rss, stdout = _measured(["build", str(config_json), str(hf)])
         result["build"] = {"seconds": round(secs, 1), "peak_rss_gb": round(rss / 2**30, 2)}
+        result["parameters"] = json.loads(stdout.strip().splitlines()[-1])["parameters"]
+    model_type = json.loads(Path(config_json).read_text())["model_type"]
+    if "fused" in engines and model_type not in FUSED_TYPES:  # export would refuse it; the rest still runs
+        result["skipped"].append({"engine": "fused", "reason": f"--graph fused builds {', '.join(FUSED_TYPES)} "
+                                  f"only, not {model_type}"})
+        engines = engines - {"fused"}
     exports = [("fused", "int8"), ("fused", "int4")] if "fused" in engines else []
     exports += [("optimum", "int8")] if "optimum" in engines else []
     for graph, quant in exports:
@@ -160,8 +177,7 @@ def _child(argv: list[str]) -> None:
     """The steps run_realsize measures, one per process; the last stdout line is JSON."""
     step, rest = argv[0], argv[1:]
     if step == "build":
-        build_random_checkpoint(Path(rest[0]), Path(rest[1]))
-        print("{}")
+        print(json.dumps({"parameters": build_random_checkpoint(Path(rest[0]), Path(rest[1]))}))
     elif step == "export":
         from ghost_lsp.tools.bench.checkpoints import export_quiet
 
