@@ -8,9 +8,9 @@ written to the output folder unless validation passes.
 Why plain quantize_dynamic: measured, it kept greedy output identical to
 PyTorch where optimum's ORTQuantizer diverged; either way every quantized model is checked.
 
-graph="fused" (Llama, Qwen2, Mistral) replaces the optimum export with modelkit/llama_graph.py's compact
-graph (GroupQueryAttention, untied LM head, optional last-position logits, KV appended in
-place), written a tensor at a time from the checkpoint, fp32 and quantized alike (so a 1.5 B
+graph="fused" (Llama, Qwen2, Mistral, Phi-3, Gemma, StarCoder2) replaces the optimum export with
+modelkit/llama_graph.py's compact graph (GroupQueryAttention, untied LM head, optional
+last-position logits, KV appended in place), written a tensor at a time from the checkpoint, fp32 and quantized alike (so a 1.5 B
 model streams; weights over 1 GiB go to model.onnx.data). quantize="int8" makes its MatMuls
 DynamicQuantizeMatMul (and the embedding int8); "int8-nbits"/"int4" make them MatMulNBits
 (int8/int4 weights, int8 compute: faster decode, slower prefill); see fused_quant.py and
@@ -38,7 +38,7 @@ from ghost_lsp.tools.modelkit.families import FAMILIES, FamilyError, detect_fami
 
 log = logging.getLogger(__name__)
 
-FUSED_TYPES = ("llama", "qwen2", "mistral")  # model types llama_graph.py builds (its MODEL_TYPES)
+FUSED_TYPES = ("llama", "qwen2", "mistral", "phi3", "gemma", "starcoder2")  # llama_graph.py's MODEL_TYPES
 
 # Short code-like prompts; any text works since the check compares two runs of one model.
 VALIDATION_PROMPTS = [
@@ -118,11 +118,13 @@ def _quant_kind(quantize: str | None, graph: str) -> str | None:
 
 
 def _context_length(config) -> int:
-    from ghost_lsp.tools.modelkit.llama_graph import sliding_window
+    from ghost_lsp.tools.modelkit.llama_graph import position_limit
 
-    window = sliding_window(config)
-    if window and window < int(getattr(config, "max_position_embeddings", 0) or 0):
-        return window  # beyond it attention is local: the fused graph stops there, so does the prompt
+    limit = position_limit(config)
+    if limit and limit < int(getattr(config, "max_position_embeddings", 0) or 0):
+        # A sliding window (beyond it attention is local) or LongRoPE's original length (beyond
+        # it PyTorch switches to the long factors): the fused graph stops there, so does the prompt.
+        return limit
     for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
@@ -138,7 +140,8 @@ def export_onnx(hf_dir: str | Path, out_dir: str | Path, *, quantize: str | None
 
     quantize: "int8" (= "int8-dynamic"), "int8-nbits" or "int4" (MatMulNBits, fused graph
     only) or None/"none". graph: "optimum" or "fused" (Llama,
-    Qwen2, Mistral: see llama_graph.py). tokenizer_json defaults to hf_dir/tokenizer.json.
+    Qwen2, Mistral, Phi-3, Gemma, StarCoder2: see llama_graph.py). tokenizer_json defaults to
+    hf_dir/tokenizer.json.
     manifest_fields override manifest values (name, family, info, ...); `info` is merged.
     family: the prompt family (families.py); None = detected from the tokenizer and config.
     Raises ExportValidationError (out_dir untouched) when fp32 logits differ from PyTorch by
@@ -279,8 +282,8 @@ def add_model_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=list(QUANTIZE_CHOICES), default="int8",
                    help="int8 = int8-dynamic; int8-nbits and int4 (MatMulNBits) need --graph fused")
     p.add_argument("--graph", choices=["optimum", "fused"], default="optimum",
-                   help="fused: compact Llama/Qwen2/Mistral graph (GroupQueryAttention, untied int8 LM head, "
-                        "last-position prefill logits); see ghost-lsp bench --peers")
+                   help="fused: compact Llama/Qwen2/Mistral/Phi-3/Gemma/StarCoder2 graph (GroupQueryAttention, "
+                        "untied int8 LM head, last-position prefill logits); see ghost-lsp bench --peers")
     p.add_argument("--tokenizer", dest="tokenizer_json", default=None,
                    help="tokenizer.json to ship (default: HF_DIR/tokenizer.json)")
     p.add_argument("--name", default=None, help="model name in the manifest (default: HF_DIR's name)")
