@@ -313,3 +313,31 @@ def test_the_export_reads_the_model_weights_not_a_training_checkpoint_beside_the
     assert all(np.array_equal(reader.get(k), v) for k, v in real.items())
     report = ex.export_onnx(folder, tmp_path / "out", quantize=None, graph="fused", manifest_fields={"name": "c"})
     assert report["fp32_ok"] and report["fp32_max_abs_logit_diff"] < 1e-4
+
+
+def test_the_fp32_check_fails_a_graph_whose_logits_are_nan(tiny_llama16, tmp_path, monkeypatch):
+    """NaN logits once compared as 0 difference (max() passes over NaN): the check must fail them."""
+    from ghost_lsp.tools.modelkit import export_check
+    from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
+
+    path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
+    real = export_check.session
+
+    def nan_session(p, prepack=True):
+        dec = real(p, prepack)
+        run = dec.run
+
+        def nan_run(ids, past, last_only=False):
+            logits, present = run(ids, past, last_only)
+            return np.where(np.arange(logits.shape[-1]) == 7, np.nan, logits), present
+        dec.run = nan_run
+        return dec
+
+    def load():
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(tiny_llama16).eval()
+
+    monkeypatch.setattr(export_check, "session", nan_session)
+    report = export_check.validate(load, [[5, 6, 7, 8]], path, None, 3, 1e-3, 0.9)
+    assert report["fp32_max_abs_logit_diff"] == float("inf") and not report["fp32_ok"]

@@ -66,7 +66,9 @@ def validate(load_model, prompts_ids, fp32: Path, quant: Path | None, steps: int
     max_diff = 0.0
     for ids, (tokens, ref_rows) in zip(prompts_ids, refs):
         for a, b in zip(ref_rows, onnx_teacher_forced(dec, ids, tokens)):
-            max_diff = max(max_diff, float(np.max(np.abs(a[: len(b)] - b))))
+            diff = float(np.max(np.abs(a[: len(b)] - b)))
+            # NaN (either side) fails: max() would pass it over (every comparison with NaN is False)
+            max_diff = max(max_diff, diff if np.isfinite(diff) else float("inf"))
     del dec
     gc.collect()
     report["fp32_max_abs_logit_diff"] = max_diff
