@@ -71,7 +71,10 @@ def check_architecture(model_type: str, graph: str, fused_types: tuple[str, ...]
                                "(models that need trust_remote_code are not exported)")
     if graph == "fused":
         if model_type not in fused_types:
-            raise ExportInputError(f"--graph fused builds {', '.join(fused_types)} only, not {model_type!r}; "
+            from ghost_lsp.tools.modelkit.llama_graph import REFUSED
+
+            why = f" ({REFUSED[model_type]})" if model_type in REFUSED else ""
+            raise ExportInputError(f"--graph fused builds {', '.join(fused_types)} only, not {model_type!r}{why}; "
                                    "use --graph optimum")
         return
     import optimum.exporters.onnx.model_configs  # noqa: F401 - fills the exporter's registry
@@ -105,8 +108,12 @@ def available_memory() -> int:
 
 
 def checkpoint_bytes(hf_dir: Path | None, n: int) -> int:
-    """Bytes of the folder's weight files (bf16 for n parameters when there are none to see)."""
-    files = [] if hf_dir is None else [p for pat in ("*.safetensors", "*.bin") for p in Path(hf_dir).glob(pat)]
+    """Bytes of the weight files transformers loads from the folder (its safetensors, else its
+    pytorch_model*.bin: a folder holding both maps one set), bf16 for n parameters when there
+    are none to see."""
+    from ghost_lsp.tools.modelkit.weights import weight_files
+
+    files = [] if hf_dir is None else weight_files(Path(hf_dir)) or sorted(Path(hf_dir).glob("pytorch_model*.bin"))
     return sum(p.stat().st_size for p in files) if files else 2 * n
 
 
