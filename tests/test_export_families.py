@@ -35,8 +35,9 @@ def _tokenizer(specials):
     return byte_level(specials, vocab_size=400)
 
 
-def build_hf(folder, arch, specials_of, hidden=32):
-    """A random tiny checkpoint of `arch` with a byte-level tokenizer holding `specials_of`'s tokens."""
+def build_hf(folder, arch, specials_of, hidden=32, **extra):
+    """A random tiny checkpoint of `arch` with a byte-level tokenizer holding `specials_of`'s tokens
+    (`extra`: more config fields)."""
     import torch
     import transformers as T
 
@@ -46,11 +47,12 @@ def build_hf(folder, arch, specials_of, hidden=32):
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                   eos_token_id=eos, bos_token_id=eos, pad_token_id=eos, initializer_range=0.2)
+    common.update(extra)
     if arch == "gpt_bigcode":
         cfg = T.GPTBigCodeConfig(vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=4, n_positions=128,
                                  multi_query=True, eos_token_id=eos, bos_token_id=eos, initializer_range=0.2)
-    elif arch == "gemma":
-        cfg = T.GemmaConfig(head_dim=8, **common)
+    elif arch == "gemma":  # its own head_dim, twice hidden/heads here (256 at 2B, not 2048/8)
+        cfg = T.GemmaConfig(head_dim=hidden // 2, **common)
     elif arch == "phi3":
         cfg = T.Phi3Config(**common)
     elif arch == "phi":
@@ -64,6 +66,11 @@ def build_hf(folder, arch, specials_of, hidden=32):
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 torch.nn.init.normal_(proj.bias, std=0.5)
+    if arch in ("gemma", "starcoder2"):  # Gemma's norms (1 + 0 at init), StarCoder2's LayerNorm and biases
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("bias") or "norm" in name:
+                    param.add_(torch.randn_like(param) * 0.5)
     model.save_pretrained(folder)
     T.PreTrainedTokenizerFast(tokenizer_object=tok, model_input_names=["input_ids", "attention_mask"]
                               ).save_pretrained(folder)
@@ -163,8 +170,8 @@ def test_unknown_architecture_is_refused(tmp_path):
     (hf / "config.json").write_text(json.dumps({**cfg, "model_type": "bert"}))
     with pytest.raises(ExportInputError, match="'bert' has no ONNX export for text generation"):
         ex.export_onnx(hf, tmp_path / "out")
-    (hf / "config.json").write_text(json.dumps({**cfg, "model_type": "phi3"}))
-    with pytest.raises(ExportInputError, match="--graph fused builds"):
+    (hf / "config.json").write_text(json.dumps({**cfg, "model_type": "gemma2"}))
+    with pytest.raises(ExportInputError, match=r"--graph fused builds .* not 'gemma2' \(Gemma 2 .*soft-capping"):
         ex.export_onnx(hf, tmp_path / "out", graph="fused")
 
 
@@ -205,6 +212,15 @@ def test_fused_graph_stops_at_the_sliding_window(tmp_path):
     assert positions(MistralConfig(max_position_embeddings=128, sliding_window=4096)) == 128
     assert positions(MistralConfig(max_position_embeddings=128, sliding_window=None)) == 128
     assert ex._context_length(MistralConfig(max_position_embeddings=32768, sliding_window=4096)) == 4096
+    from transformers import Phi3Config, Starcoder2Config
+
+    # Phi-3.5-mini: LongRoPE, served with its short factors up to the original 4096 positions.
+    phi35 = Phi3Config(max_position_embeddings=131072, original_max_position_embeddings=4096, sliding_window=262144,
+                       rope_scaling={"type": "longrope", "short_factor": [1.0] * 48, "long_factor": [2.0] * 48})
+    assert positions(phi35) == ex._context_length(phi35) == 4096
+    assert positions(Phi3Config(max_position_embeddings=4096, sliding_window=2047)) == 2047  # Phi-3-mini-4k
+    starcoder2 = Starcoder2Config(max_position_embeddings=16384, sliding_window=4096)  # starcoder2-3b
+    assert positions(starcoder2) == ex._context_length(starcoder2) == 4096
 
 
 def test_fused_graph_refuses_what_groupqueryattention_cannot_run(tmp_path):

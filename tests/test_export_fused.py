@@ -47,26 +47,38 @@ def test_fused_int8_export_is_validated_and_packaged(fused_int8):
     assert {"MatMulNBits", "GroupQueryAttention"} <= ops and "MatMul" not in ops  # LM head quantized too
 
 
-def test_fused_fp32_graph_matches_pytorch_at_every_position(tiny_llama16, tmp_path):
-    """Prefill, a multi-token chunk after a past (drafts), one-token steps, truncate_past."""
+def _matches_pytorch_at_every_position(hf_dir, path, seed=1):
+    """Prefill, last-k logits (`logits_to_keep`), a multi-token chunk after a past (drafts),
+    truncate_past, one-token steps: the graph's fp32 logits against PyTorch's. Returns the Decoder."""
     import onnxruntime as ort
 
     from ghost_lsp.engine.decoder import Decoder
-    from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
 
-    path = build_llama_graph(tiny_llama16, tmp_path / "fused.onnx")
-    dec = Decoder(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), str(path))
-    ids = [int(i) for i in np.random.default_rng(1).integers(3, 300, 40)]
-    ref = _torch_logits(tiny_llama16, ids)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    dec = Decoder(sess, str(path))
+    ids = [int(i) for i in np.random.default_rng(seed).integers(3, 300, 40)]
+    ref = _torch_logits(hf_dir, ids)
     logits, past = dec.run(ids[:20], dec.empty_past())
     assert logits.shape == (20, ref.shape[1]) and np.abs(logits - ref[:20]).max() < 1e-4
     last, _ = dec.run(ids[:20], dec.empty_past(), last_only=True)
     assert last.shape == (1, ref.shape[1]) and np.abs(last[0] - ref[19]).max() < 1e-4
+    feed = {"input_ids": np.array([ids[:20]]), "attention_mask": np.ones((1, 20), dtype=np.int64),
+            "logits_to_keep": np.array([3]), **dec.empty_past()}
+    kept = sess.run(["logits"], feed)[0][0]
+    assert kept.shape == (3, ref.shape[1]) and np.abs(kept - ref[17:20]).max() < 1e-4
     chunk, past = dec.run(ids[20:30], past)
     assert chunk.shape[0] == 10 and np.abs(chunk - ref[20:30]).max() < 1e-4
     past = dec.truncate_past(past, 25)  # a rejected draft: resume after position 25
-    step, _ = dec.run([ids[25]], past)
-    assert np.abs(step[-1] - ref[25]).max() < 1e-4
+    for i in range(25, 40):
+        step, past = dec.run([ids[i]], past)
+        assert np.abs(step[-1] - ref[i]).max() < 1e-4, i
+    return dec
+
+
+def test_fused_fp32_graph_matches_pytorch_at_every_position(tiny_llama16, tmp_path):
+    from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph
+
+    _matches_pytorch_at_every_position(tiny_llama16, build_llama_graph(tiny_llama16, tmp_path / "fused.onnx"))
 
 
 def test_fused_model_serves_through_the_engine(fused_int8, tiny_model_dir):
@@ -313,6 +325,98 @@ def test_the_export_reads_the_model_weights_not_a_training_checkpoint_beside_the
     assert all(np.array_equal(reader.get(k), v) for k, v in real.items())
     report = ex.export_onnx(folder, tmp_path / "out", quantize=None, graph="fused", manifest_fields={"name": "c"})
     assert report["fp32_ok"] and report["fp32_max_abs_logit_diff"] < 1e-4
+
+
+# The other fused architectures, tiny random checkpoints of the real transformers classes
+# (test_export_families.build_hf: Gemma's norms and StarCoder2's LayerNorms and biases random,
+# Gemma's head_dim twice hidden/heads). phi3-long: Phi-4-mini's partial rotary and Phi-3.5-mini's
+# LongRoPE, served with its short factors up to original_max_position_embeddings.
+LONGROPE = {"type": "longrope", "short_factor": [1.0 + 0.3 * i for i in range(8)], "long_factor": [4.0] * 8}
+ARCHS = {
+    "phi3": ("phi3", "phi3", 64, {}),
+    "gemma": ("gemma", "codegemma", 64, {}),
+    "starcoder2": ("starcoder2", "starcoder2", 64, {}),
+    "phi3-long": ("phi3", "phi3", 128, {"partial_rotary_factor": 0.5, "max_position_embeddings": 256,
+                                        "original_max_position_embeddings": 64, "rope_scaling": LONGROPE}),
+}
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def arch_hf(request, tmp_path_factory):
+    from test_export_families import build_hf
+
+    arch, specials_of, hidden, extra = ARCHS[request.param]
+    return build_hf(tmp_path_factory.mktemp(request.param) / "hf", arch, specials_of, hidden=hidden, **extra)
+
+
+def test_other_architectures_match_pytorch_at_every_position(arch_hf, tmp_path):
+    from transformers import AutoConfig
+
+    from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph, positions
+
+    dec = _matches_pytorch_at_every_position(arch_hf, build_llama_graph(arch_hf, tmp_path / "fused.onnx"))
+    cfg = AutoConfig.from_pretrained(arch_hf)
+    assert dec.kv_capacity == positions(cfg) == (64 if getattr(cfg, "rope_scaling", None) else 128)
+    head = dec.past["past_key_values.0.key"][0]  # (batch, kv_heads, seq, head_dim) from the graph
+    assert head[1:] == (2, 0, cfg.head_dim if cfg.model_type == "gemma" else cfg.hidden_size // 4)
+
+
+def _torch_greedy(hf_dir, ids, steps, vocab):
+    """PyTorch's greedy tokens over the tokens the engine may choose, up to an end token."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    seq = list(ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([seq])).logits[0, -1].numpy()
+            tok = int(np.argmax(np.where(vocab.allowed, logits, -np.inf)))
+            if tok in vocab.end_ids:
+                break
+            seq.append(tok)
+    return seq[len(ids):]
+
+
+def test_other_architectures_decode_greedily_like_pytorch_through_the_engine(arch_hf, tmp_path):
+    from ghost_lsp.engine.onnx import OnnxEngine
+    from ghost_lsp.types import SamplingParams
+
+    report = ex.export_onnx(arch_hf, tmp_path / "out", quantize="none", graph="fused", steps=6)
+    assert report["fp32_ok"] and report["fp32_max_abs_logit_diff"] < 1e-4, report
+    engine = OnnxEngine(tmp_path / "out", token_healing=False, reuse_kv=False)
+    for prompt in ("def add(a, b):\n    return", "import os\nclass Stack:\n    def push(self, item):\n"):
+        got = engine.generate(prompt, SamplingParams(max_new_tokens=12)).token_ids
+        assert got == _torch_greedy(arch_hf, engine.encode(prompt), 12, engine.vocab), prompt
+        assert got
+
+
+def test_refused_architectures_and_settings_say_why(tmp_path):
+    from test_export_families import build_hf
+
+    from ghost_lsp.tools.modelkit.export_inputs import ExportInputError, check_architecture
+    from ghost_lsp.tools.modelkit.llama_graph import UnsupportedModel, build_llama_graph
+
+    hf = build_hf(tmp_path / "hf", "gemma", "codegemma", hidden=64)
+    cfg = json.loads((hf / "config.json").read_text())
+
+    def with_config(name, **changes):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({**cfg, **changes}))
+        return folder
+
+    gemma2 = with_config("gemma2", model_type="gemma2", architectures=["Gemma2ForCausalLM"])
+    with pytest.raises(UnsupportedModel, match="Gemma 2 .*soft-capping.* is not supported by the fused format"):
+        build_llama_graph(gemma2, tmp_path / "x.onnx")
+    with pytest.raises(ExportInputError, match=r"not 'gemma2' \(Gemma 2 .*\); use --graph optimum"):
+        check_architecture("gemma2", "fused", ex.FUSED_TYPES)  # what `model export --graph fused` says first
+    linear = with_config("linear", rope_scaling={"rope_type": "linear", "factor": 2.0})
+    with pytest.raises(UnsupportedModel, match="rope_scaling .*linear.* is not supported by the fused format"):
+        build_llama_graph(linear, tmp_path / "x.onnx")
+    phi3 = build_hf(tmp_path / "phi3", "phi3", "phi3", hidden=128, partial_rotary_factor=0.75)
+    with pytest.raises(UnsupportedModel, match=r"24 rotary dimensions .* not a multiple of 16"):
+        build_llama_graph(phi3, tmp_path / "x.onnx")
 
 
 def test_the_fp32_check_fails_a_graph_whose_logits_are_nan(tiny_llama16, tmp_path, monkeypatch):

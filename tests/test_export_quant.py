@@ -1,4 +1,5 @@
-"""Quantized fused exports of every fused architecture (llama, qwen2, mistral) × {int8, int4},
+"""Quantized fused exports of every fused architecture (llama, qwen2, mistral, phi3, gemma,
+starcoder2) × {int8, int4},
 each through export_onnx's own check (greedy agreement with PyTorch ≥ min_agreement), and the
 streamed writing under them: external data, the memory estimate.
 
@@ -24,7 +25,8 @@ from test_export_families import build_hf
 
 pytestmark = pytest.mark.slow
 
-ARCHS = [("llama", "starcoder"), ("qwen2", "qwen"), ("mistral", "starcoder")]
+ARCHS = [("llama", "starcoder"), ("qwen2", "qwen"), ("mistral", "starcoder"), ("phi3", "phi3"),
+         ("gemma", "codegemma"), ("starcoder2", "starcoder2")]
 
 
 def snap_to_int4_grid(hf_dir):
@@ -40,6 +42,7 @@ def snap_to_int4_grid(hf_dir):
                 continue
             blocks = p.reshape(p.shape[0], -1, 32)
             scale = blocks.abs().amax(-1, keepdim=True) / 8
+            scale[scale == 0] = 1.0  # an all-zero block (the padding token's embedding row): no NaN
             k = torch.clamp(torch.round(blocks / scale), -8, 7)
             k[..., 0] = -8  # the block's extreme, so the quantizer picks this very scale
             p.copy_((k * scale).reshape(p.shape))
@@ -62,7 +65,7 @@ def test_fused_quantized_export_agrees_with_pytorch(tmp_path, arch, specials_of,
     ops = {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node}
     want = {"DynamicQuantizeMatMul"} if quantize == "int8" else {"MatMulNBits", "GatherBlockQuantized"}
     assert want <= ops and "MatMul" not in ops, ops
-    assert ("Add" in ops) == (arch == "qwen2")  # q/k/v biases
+    assert ("Add" in ops) == (arch in ("qwen2", "starcoder2"))  # q/k/v (and StarCoder2's c_fc) biases
 
 
 def test_int4_check_fails_a_model_it_changes(tmp_path):
@@ -147,6 +150,31 @@ def _scaled_down(cfg: dict) -> dict:
         if isinstance(cfg.get(k), int) and cfg[k] >= small["vocab_size"]:
             out[k] = 0
     return out
+
+
+@pytest.mark.parametrize("name", ["codegemma-2b", "phi-3-mini", "starcoder2-3b"])
+def test_fused_export_of_the_other_architectures_checks_memory_first(tmp_path, monkeypatch, name):
+    """`model export --graph fused` of a published-size Gemma/Phi-3/StarCoder2 (realsize_configs/,
+    counted on the meta device) reckons the streamed estimate and refuses where it would not fit."""
+    from transformers import AutoConfig
+
+    from ghost_lsp.tools.bench import realsize
+
+    fields = {k: v for k, v in json.loads((realsize.CONFIGS / f"{name}.json").read_text()).items()
+              if not k.startswith("_") and k != "auto_map"}
+    arch = fields["model_type"]
+    hf = build_hf(tmp_path / "hf", arch, {"gemma": "codegemma"}.get(arch, arch), hidden=64)
+    (hf / "config.json").write_text(json.dumps(fields))  # the published size, the tiny checkpoint's files
+    config = AutoConfig.from_pretrained(hf)
+    n = export_inputs.parameter_count(config)
+    fused, how = export_inputs.memory_needed(config, n, "fused")  # as if the folder held the bf16 checkpoint
+    assert fused == 6 * n + (1 << 30) + fields["vocab_size"] * fields["hidden_size"] * 4 and "streamed" in how
+    (hf / "pytorch_model.bin").write_bytes(b"\0" * 4096)  # the weights again, in the format not loaded
+    assert export_inputs.checkpoint_bytes(hf, n) == (hf / "model.safetensors").stat().st_size
+    monkeypatch.setattr(export_inputs, "available_memory", lambda: 8 * 2**30)
+    with pytest.raises(ExportInputError, match=rf"{n / 1e9:.2f} B parameters need about \d+\.\d GiB .*streamed"):
+        ex.export_onnx(hf, tmp_path / "out", graph="fused")
+    assert not (tmp_path / "out").exists()
 
 
 def test_realsize_bench_runs_every_step_on_a_tiny_config(tmp_path):
