@@ -329,12 +329,13 @@ def test_the_export_reads_the_model_weights_not_a_training_checkpoint_beside_the
 
 # The other fused architectures, tiny random checkpoints of the real transformers classes
 # (test_export_families.build_hf: Gemma's norms and StarCoder2's LayerNorms and biases random,
-# Gemma's head_dim twice hidden/heads). phi3-long: Phi-4-mini's partial rotary and Phi-3.5-mini's
+# Gemma's head_dim twice hidden/heads; StarCoder2's GELU is the tanh one). phi3-long: Phi-4-mini's partial rotary and Phi-3.5-mini's
 # LongRoPE, served with its short factors up to original_max_position_embeddings.
 LONGROPE = {"type": "longrope", "short_factor": [1.0 + 0.3 * i for i in range(8)], "long_factor": [4.0] * 8}
 ARCHS = {
     "phi3": ("phi3", "phi3", 64, {}),
-    "gemma": ("gemma", "codegemma", 64, {}),
+    # As CodeGemma's config.json: GemmaMLP (transformers 4.57) reads hidden_act, erf's GELU.
+    "gemma": ("gemma", "codegemma", 64, {"hidden_act": "gelu", "hidden_activation": "gelu_pytorch_tanh"}),
     "starcoder2": ("starcoder2", "starcoder2", 64, {}),
     "phi3-long": ("phi3", "phi3", 128, {"partial_rotary_factor": 0.5, "max_position_embeddings": 256,
                                         "original_max_position_embeddings": 64, "rope_scaling": LONGROPE}),
@@ -354,8 +355,15 @@ def test_other_architectures_match_pytorch_at_every_position(arch_hf, tmp_path):
 
     from ghost_lsp.tools.modelkit.llama_graph import build_llama_graph, positions
 
-    dec = _matches_pytorch_at_every_position(arch_hf, build_llama_graph(arch_hf, tmp_path / "fused.onnx"))
+    import onnx
+
+    path = build_llama_graph(arch_hf, tmp_path / "fused.onnx")
+    dec = _matches_pytorch_at_every_position(arch_hf, path)
     cfg = AutoConfig.from_pretrained(arch_hf)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    want = {"phi3": {"Sigmoid", "SkipSimplifiedLayerNormalization"}, "gemma": {"Gelu"},  # erf's, as hidden_act
+            "starcoder2": {"FastGelu", "LayerNormalization", "SkipLayerNormalization"}}[cfg.model_type]
+    assert want <= ops, ops
     assert dec.kv_capacity == positions(cfg) == (64 if getattr(cfg, "rope_scaling", None) else 128)
     head = dec.past["past_key_values.0.key"][0]  # (batch, kv_heads, seq, head_dim) from the graph
     assert head[1:] == (2, 0, cfg.head_dim if cfg.model_type == "gemma" else cfg.hidden_size // 4)

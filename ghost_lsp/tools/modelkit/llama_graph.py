@@ -12,10 +12,12 @@ code path with the per-architecture switches of `Layout` (LAYOUTS):
   (`rope_scaling` type longrope: Phi-3.5-mini, Phi-3-mini-128k) is served with its short factors
   and attention factor up to `original_max_position_embeddings`, where PyTorch uses the same.
 - gemma (modeling_gemma.py; CodeGemma, Gemma 1): RMSNorm scaling by 1 + weight (the +1 folded
-  into the weights written), a GELU-gated MLP (`hidden_act`: what GemmaMLP reads; gelu is erf's,
-  gelu_pytorch_tanh the tanh approximation), the embeddings times sqrt(hidden_size) (folded into
+  into the weights written), a GELU-gated MLP, the embeddings times sqrt(hidden_size) (folded into
   the embedding table, in fp32 like the PyTorch model the export check runs), head_dim from the
-  config (256 at 2B, not hidden/heads), tied embeddings. Gemma 2/3 are refused (REFUSED).
+  config (256 at 2B, not hidden/heads), tied embeddings. The GELU is `hidden_act`'s, the field
+  GemmaMLP reads in the pinned transformers: a Gemma 1 config.json says "gelu" (erf's) there and
+  "gelu_pytorch_tanh" in `hidden_activation`, which that version ignores; the graph computes
+  what the PyTorch model it is checked against computes. Gemma 2/3 are refused (REFUSED).
 - starcoder2 (modeling_starcoder2.py): LayerNorm with bias (`norm_epsilon`) instead of RMSNorm,
   biases on q/k/v/o and the MLP (`use_bias`), a plain MLP c_fc → GELU → c_proj, a sliding
   window as Mistral's, tied embeddings.
