@@ -217,9 +217,10 @@ OTHER_ARCH_CONFIGS = ["starcoder2-3b", "tiny_starcoder-164m", "santacoder-1.1b",
 
 
 @pytest.mark.parametrize("name", OTHER_ARCH_CONFIGS)
-def test_realsize_bench_writes_and_times_gguf_of_architectures_fused_does_not_build(tmp_path, name):
-    """A scaled-down copy of each published config: built with its class, the fused rows skipped
-    with the reason, llama.cpp's q8_0 and q4_0 GGUFs written and timed."""
+def test_realsize_bench_writes_and_times_the_other_architectures(tmp_path, name):
+    """A scaled-down copy of each published config: built with its class, its fused int8/int4
+    exports written, checked and timed (gpt_bigcode's skipped with the reason: the fused graph
+    does not build it), llama.cpp's q8_0 and q4_0 GGUFs written and timed."""
     pytest.importorskip("llama_cpp")
     from ghost_lsp.tools.bench import realsize
 
@@ -227,11 +228,18 @@ def test_realsize_bench_writes_and_times_gguf_of_architectures_fused_does_not_bu
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
     res = realsize.run_realsize(tmp_path / f"{name}.json", tmp_path / "work", engines={"fused", "llama.cpp"},
                                 rounds=1, n_prompt=16, n_new=4, threads=1)
-    assert [s["engine"] for s in res["skipped"]] == ["fused"]
-    assert "fused builds llama, qwen2, mistral only" in res["skipped"][0]["reason"]
-    assert [(r["engine"], r["format"]) for r in res["rows"]] == [("llama.cpp", "q8_0"), ("llama.cpp", "q4_0")]
+    fused = cfg["model_type"] != "gpt_bigcode"
+    assert (cfg["model_type"] in ex.FUSED_TYPES) == fused
+    if fused:
+        assert res["skipped"] == []
+    else:
+        assert [s["engine"] for s in res["skipped"]] == ["fused"]
+        assert "fused builds llama, qwen2, mistral, phi3, gemma, starcoder2 only" in res["skipped"][0]["reason"]
+    onnx = [("onnx fused", "int8"), ("onnx fused", "int4")] if fused else []
+    assert [(r["engine"], r["format"]) for r in res["rows"]] == onnx + [("llama.cpp", "q8_0"), ("llama.cpp", "q4_0")]
     for r in res["rows"]:
         assert "skipped" not in r and r["prefill_ms"] > 0 and r["decode_ms_per_token"] > 0
+        assert r.get("fp32_max_abs_logit_diff", 0) < 1e-3
     assert 0 < res["parameters"] < 1e6
 
 

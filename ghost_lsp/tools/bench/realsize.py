@@ -9,7 +9,7 @@ always: fp32 logits within tolerance; agreement of random weights is reported, n
 optionally optimum's int8 export, GGUF q8_0/q4_0 for llama.cpp (peer_models.write_gguf, as
 llama.cpp's own architecture of each model type), and per format: a 1,024-token prefill and
 greedy decode, `rounds` timed runs after a warm-up, medians. A model type the fused graph does
-not build (starcoder2, gpt_bigcode, gemma, phi3) has its fused rows skipped with the reason.
+not build (gpt_bigcode) has its fused rows skipped with the reason.
 """
 
 from __future__ import annotations
