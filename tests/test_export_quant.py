@@ -183,12 +183,26 @@ def test_realsize_bench_runs_every_step_on_a_tiny_config(tmp_path):
 
     cfg = _scaled_down(json.loads((realsize.CONFIGS / "qwen2.5-coder-0.5b.json").read_text()))
     (tmp_path / "tiny.json").write_text(json.dumps(cfg))
-    res = realsize.run_realsize(tmp_path / "tiny.json", tmp_path / "work", engines={"fused"}, rounds=1,
+    res = realsize.run_realsize(tmp_path / "tiny.json", tmp_path / "work", engines=realsize.expand_engines("fused"), rounds=1,
                                 n_prompt=16, n_new=4, threads=1)
     assert [(r["engine"], r["format"]) for r in res["rows"]] == [("onnx fused", "int8"), ("onnx fused", "int4")]
     for r in res["rows"]:
         assert r["export_peak_rss_gb"] > 0.1 and r["bytes"] < r["fp32_bytes"] and r["prefill_ms"] > 0
     assert "| onnx fused int4 |" in realsize.table(res) and not (tmp_path / "work" / "tiny").exists()
+
+
+def test_realsize_engines_name_formats_and_a_failed_step_says_why(tmp_path):
+    from ghost_lsp.tools.bench import realsize
+
+    assert realsize.expand_engines("fused,llama.cpp-q8_0") == {("fused", "int8"), ("fused", "int4"),
+                                                               ("llama.cpp", "q8_0")}
+    assert realsize.expand_engines("fused-int8, optimum") == {("fused", "int8"), ("optimum", "int8")}
+    for bad in ("vllm", "fused-q8_0", "llama.cpp-int4"):
+        with pytest.raises(ValueError, match="unknown engine"):
+            realsize.expand_engines(bad)
+    # a step that fails raises with the child's own last words (run_realsize records them as skipped)
+    with pytest.raises(RuntimeError, match="export failed .*nothing"):
+        realsize._measured(["export", str(tmp_path / "nothing"), str(tmp_path / "out"), "fused", "int8"])
 
 
 def test_every_realsize_config_builds_at_its_published_size():
@@ -226,7 +240,7 @@ def test_realsize_bench_writes_and_times_the_other_architectures(tmp_path, name)
 
     cfg = _scaled_down(json.loads((realsize.CONFIGS / f"{name}.json").read_text()))
     (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
-    res = realsize.run_realsize(tmp_path / f"{name}.json", tmp_path / "work", engines={"fused", "llama.cpp"},
+    res = realsize.run_realsize(tmp_path / f"{name}.json", tmp_path / "work", engines=realsize.expand_engines("fused,llama.cpp"),
                                 rounds=1, n_prompt=16, n_new=4, threads=1)
     fused = cfg["model_type"] != "gpt_bigcode"
     assert (cfg["model_type"] in ex.FUSED_TYPES) == fused

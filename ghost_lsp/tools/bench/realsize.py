@@ -23,7 +23,20 @@ import time
 from pathlib import Path
 
 CONFIGS = Path(__file__).with_name("realsize_configs")
-ENGINES = ("fused", "optimum", "llama.cpp")
+# an engine alone means each of its formats; ENGINE-FORMAT one of them (a 3 B export takes minutes)
+FORMATS = {"fused": ("int8", "int4"), "optimum": ("int8",), "llama.cpp": ("q8_0", "q4_0")}
+
+
+def expand_engines(spec: str) -> set[tuple[str, str]]:
+    """"fused,llama.cpp-q8_0" -> {(fused, int8), (fused, int4), (llama.cpp, q8_0)}; ValueError if unknown."""
+    out = set()
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        engine, _, fmt = item.partition("-") if item.split("-")[0] in FORMATS else (item, "", "")
+        if engine not in FORMATS or (fmt and fmt not in FORMATS[engine]):
+            raise ValueError(f"unknown engine {item!r}: use " + ", ".join(
+                f"{e} (or {', '.join(f'{e}-{f}' for f in fs)})" for e, fs in FORMATS.items()))
+        out |= {(engine, f) for f in ((fmt,) if fmt else FORMATS[engine])}
+    return out
 
 
 def realsize_config(config_json: Path):
@@ -51,15 +64,23 @@ def build_random_checkpoint(config_json: Path, out: Path) -> int:
 
 
 def _measured(args: list[str]) -> tuple[float, int, str]:
-    """Run `python -m ghost_lsp.tools.bench.realsize ARGS` niced; (seconds, peak RSS bytes, stdout)."""
+    """Run `python -m ghost_lsp.tools.bench.realsize ARGS` niced; (seconds, peak RSS bytes, stdout).
+    The child's stderr is passed on when it ends; a failure raises with its last line (the reason)."""
+    import tempfile
+
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "ghost_lsp.tools.bench.realsize", *args],
-                            stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(10))
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ghost_lsp.tools.bench.realsize", *args],
+                                stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=lambda: os.nice(10))
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        log = err.read()
+    sys.stderr.write(log)
     if proc.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode})")
+        last = next((line for line in reversed(log.splitlines()) if line.strip()), "")
+        raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {last.strip()[-300:]}")
     return time.perf_counter() - t, usage.ru_maxrss * 1024, out
 
 
@@ -79,7 +100,7 @@ def _speed(kind: str, path: Path, n_prompt: int, n_new: int, rounds: int, thread
             "rounds": rounds, "prompt_tokens": n_prompt, "new_tokens": n_new}
 
 
-def run_realsize(config_json: Path, work: Path, *, engines: set[str], rounds: int, n_prompt: int, n_new: int,
+def run_realsize(config_json: Path, work: Path, *, engines: set[tuple[str, str]], rounds: int, n_prompt: int, n_new: int,
                  threads: int, keep: bool = False) -> dict:
     """Every step of one config; returns the result dict (rows per format)."""
     import shutil
@@ -97,28 +118,31 @@ def run_realsize(config_json: Path, work: Path, *, engines: set[str], rounds: in
         result["build"] = {"seconds": round(secs, 1), "peak_rss_gb": round(rss / 2**30, 2)}
         result["parameters"] = json.loads(stdout.strip().splitlines()[-1])["parameters"]
     model_type = json.loads(Path(config_json).read_text())["model_type"]
-    if "fused" in engines and model_type not in FUSED_TYPES:  # export would refuse it; the rest still runs
+    if any(e == "fused" for e, _ in engines) and model_type not in FUSED_TYPES:  # the rest still runs
         result["skipped"].append({"engine": "fused", "reason": f"--graph fused builds {', '.join(FUSED_TYPES)} "
                                   f"only, not {model_type}"})
-        engines = engines - {"fused"}
-    exports = [("fused", "int8"), ("fused", "int4")] if "fused" in engines else []
-    exports += [("optimum", "int8")] if "optimum" in engines else []
+        engines = {(e, f) for e, f in engines if e != "fused"}
+    exports = [(e, f) for e, fs in FORMATS.items() if e != "llama.cpp" for f in fs if (e, f) in engines]
     for graph, quant in exports:
         out = work / f"onnx-{graph}-{quant}"
-        secs, rss, stdout = _measured(["export", str(hf), str(out), graph, quant])
+        try:
+            secs, rss, stdout = _measured(["export", str(hf), str(out), graph, quant])
+        except RuntimeError as e:  # e.g. refused by the memory pre-check: the row says why
+            result["skipped"].append({"engine": f"onnx {graph} {quant}", "reason": str(e)})
+            continue
         report = json.loads(stdout.strip().splitlines()[-1])
         result.setdefault("parameters", report["parameters"])
         result["rows"].append({"engine": f"onnx {graph}", "format": quant, "export_s": round(secs, 1),
                                "export_peak_rss_gb": round(rss / 2**30, 2), "fp32_bytes": report["fp32_bytes"],
                                "bytes": report["model_bytes"], "fp32_max_abs_logit_diff": report["fp32_max_abs_logit_diff"],
                                "greedy_agreement_random_weights": report["int8_greedy_agreement"], "path": out})
-    if "llama.cpp" in engines:
+    if any(e == "llama.cpp" for e, _ in engines):
         try:
             import llama_cpp  # noqa: F401
         except ImportError as e:
             result["skipped"].append({"engine": "llama.cpp", "reason": f"llama-cpp-python not installed ({e})"})
         else:
-            for q in ("q8_0", "q4_0"):
+            for q in (f for f in FORMATS["llama.cpp"] if ("llama.cpp", f) in engines):
                 out = work / f"model-{q}.gguf"
                 secs, rss, _ = _measured(["gguf", str(hf), str(out), q])
                 result["rows"].append({"engine": "llama.cpp", "format": q, "export_s": round(secs, 1),
@@ -159,9 +183,10 @@ def table(result: dict) -> str:
 
 
 def cmd_realsize(args) -> int:
-    engines = set((args.realsize_engines or "fused,llama.cpp").split(","))
-    if engines - set(ENGINES):
-        print(f"ghost-lsp bench --realsize: engines are {', '.join(ENGINES)}", file=sys.stderr)
+    try:
+        engines = expand_engines(args.realsize_engines or "fused,llama.cpp")
+    except ValueError as e:
+        print(f"ghost-lsp bench --realsize: {e}", file=sys.stderr)
         return 2
     result = run_realsize(Path(args.realsize), Path(args.work), engines=engines, rounds=args.rounds,
                           n_prompt=args.prompt_tokens, n_new=args.new_tokens, threads=args.threads or 2,
