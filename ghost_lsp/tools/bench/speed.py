@@ -212,7 +212,8 @@ def add_bench_parser(sub) -> None:
                         "built from a real config (ghost_lsp/tools/bench/realsize_configs/*.json); "
                         "see ghost_lsp/tools/bench/realsize.py")
     p.add_argument("--realsize-engines", default=None, metavar="LIST",
-                   help="with --realsize: of fused,optimum,llama.cpp (default fused,llama.cpp)")
+                   help="with --realsize: of fused,optimum,llama.cpp, or one format of one: fused-int8, "
+                        "fused-int4, llama.cpp-q8_0, llama.cpp-q4_0 (default fused,llama.cpp)")
     p.add_argument("--prompt-tokens", type=int, default=1024, help="with --realsize: prefill length")
     p.add_argument("--work", default="/tmp/ghost-realsize", metavar="DIR",
                    help="with --realsize: scratch folder for the checkpoint and exports (GBs)")
