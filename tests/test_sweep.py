@@ -103,10 +103,10 @@ def test_sweep_trains_each_size_measures_held_out_loss_and_continues_a_stopped_r
     report = run_sweep(r, heldout=[str(held)], heldout_windows_n=4, latency=False)
     rows = {x["size"]: x for x in report["sizes"]}
     assert rows["s"]["steps"] == 12 and rows["s"]["tokens"] == 12 * 4 * 64
-    # the stopped size went on with the steps it had left, not from zero
-    assert rows["m"]["steps"] == 12 - stopped_at
+    # the stopped size went on with the steps it had left, not from zero; its row counts both parts
     summary_m = json.loads((r.stage_dir("sweep-m") / "train_summary.json").read_text())
-    assert summary_m["cumulative_steps"] == 12 and [x["resumed"] for x in summary_m["runs"]][-1] is True
+    assert summary_m["steps"] == 12 - stopped_at and [x["resumed"] for x in summary_m["runs"]] == [False, True]
+    assert rows["m"]["steps"] == 12 and rows["m"]["tokens"] == 12 * 4 * 64 and rows["m"]["parts"] == 2
     assert rows["m"]["params"] > rows["s"]["params"]
     assert all(0 < x["heldout_loss"] < 20 and x["heldout_windows"] == 4 for x in rows.values())
     assert (r.work / "sweep" / "loss.png").read_bytes()[:4] == b"\x89PNG"

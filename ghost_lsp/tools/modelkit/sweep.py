@@ -161,11 +161,14 @@ def run_sweep(r, only: list[str] | None = None, heldout: list[str] | None = None
     for cfg in sizes:
         s = _finished(r.stage_dir(cfg["name"])) or {}
         m = measure_size(r, cfg, windows, latency)
+        # a size that was stopped and continued: its figures count every part of it
+        minutes = sum(run.get("minutes", 0) for run in s.get("runs", [])) or s.get("train_minutes") or 0
+        tokens = s.get("cumulative_tokens", s.get("tokens_seen"))
         rows.append({"size": cfg["name"].removeprefix("sweep-"), "params": s.get("params"),
-                     "shape": {k: cfg[k] for k in SHAPE_KEYS if k in cfg}, "steps": s.get("steps"),
-                     "tokens": s.get("tokens_seen"), "minutes": s.get("train_minutes"),
-                     "tokens_per_s": s.get("tokens_per_s"), "val_loss": round(s.get("val_loss", float("nan")), 4),
-                     **m})
+                     "shape": {k: cfg[k] for k in SHAPE_KEYS if k in cfg},
+                     "steps": s.get("cumulative_steps", s.get("steps")), "tokens": tokens, "parts": len(s.get("runs", [])),
+                     "minutes": round(minutes, 2), "tokens_per_s": round(tokens / (minutes * 60)) if minutes else None,
+                     "val_loss": round(s.get("val_loss", float("nan")), 4), **m})
     out = r.work / "sweep"
     out.mkdir(parents=True, exist_ok=True)
     report = {"tokens_per_size": int(r.section("sweep")["tokens"]), "heldout": list(heldout or []), "sizes": rows}
