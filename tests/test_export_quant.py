@@ -13,6 +13,7 @@ the 32 tokens to them, so the check runs its full 4 prompts × 8 tokens).
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -133,6 +134,12 @@ def test_fused_memory_estimate_is_one_copy_and_refuses_with_the_numbers(tmp_path
         ex.export_onnx(hf, tmp_path / "out", graph="fused")
     monkeypatch.setattr(export_inputs, "available_memory", lambda: 12 * 2**30)
     assert export_inputs.check_memory(config, "fused") == n
+    # a few MiB short: the message never shows the two figures as equal
+    monkeypatch.setattr(export_inputs, "available_memory", lambda: fused - 2**30 // 40)
+    with pytest.raises(ExportInputError, match=r"need about (\d+\.\d\d) GiB") as refused:
+        export_inputs.check_memory(config, "fused")
+    need, have = re.findall(r"(\d+\.\d+) GiB", str(refused.value))[:2]
+    assert float(need) > float(have)
     with pytest.raises(ExportInputError, match="fp32 copies"):
         export_inputs.check_memory(config, "optimum")
 

@@ -138,8 +138,10 @@ def check_memory(config, graph: str = "optimum", hf_dir: Path | None = None) -> 
     need, how = memory_needed(config, n, graph, hf_dir)
     have = available_memory()
     if need > have:
+        # one decimal unless that shows the two as equal (22.7 GiB needed, 22.7 available)
+        digits = 1 if f"{need / 2**30:.1f}" != f"{have / 2**30:.1f}" else 2
         raise ExportInputError(
-            f"too big for this machine: {n / 1e9:.2f} B parameters need about {need / 2**30:.1f} GiB to export "
-            f"({how}), and {have / 2**30:.1f} GiB is available; export on a larger machine and copy the "
-            "model folder here")
+            f"too big for this machine: {n / 1e9:.2f} B parameters need about {need / 2**30:.{digits}f} GiB to "
+            f"export ({how}), and {have / 2**30:.{digits}f} GiB is available; export on a larger machine and copy "
+            "the model folder here")
     return n
