@@ -79,8 +79,12 @@ def _measured(args: list[str]) -> tuple[float, int, str]:
         log = err.read()
     sys.stderr.write(log)
     if proc.returncode:
-        last = next((line for line in reversed(log.splitlines()) if line.strip()), "")
-        raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {last.strip()[-300:]}")
+        last = next((line for line in reversed(log.splitlines()) if line.strip()), "").strip()
+        # "package.module.SomeError: the reason" -> "SomeError: the reason"
+        head, sep, reason = last.partition(": ")
+        if sep and " " not in head:
+            last = f"{head.rsplit('.', 1)[-1]}: {reason}"
+        raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {last[:400]}")
     return time.perf_counter() - t, usage.ru_maxrss * 1024, out
 
 
