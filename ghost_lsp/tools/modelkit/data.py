@@ -22,17 +22,21 @@ def tokenize_split(corpus_dir: str | Path, split: str, tokenizer_path: str | Pat
     tok_mtime = os.path.getmtime(tokenizer_path)
     if cache.exists() and os.path.getmtime(cache) > tok_mtime:
         return np.load(cache, mmap_mode="r")
-    tok = Tokenizer.from_file(str(tokenizer_path))
+    arr = tokenize_texts([d.text for d in read_documents(corpus_dir / f"{split}.jsonl")],
+                         Tokenizer.from_file(str(tokenizer_path)))
+    np.save(cache, arr)
+    return arr
+
+
+def tokenize_texts(texts: list[str], tok) -> np.ndarray:
+    """Documents as one flat uint16 array, each followed by end-of-text, as the corpus is trained on."""
     eos = tok.token_to_id(EOS)
-    texts = [d.text for d in read_documents(corpus_dir / f"{split}.jsonl")]
     parts = []
     for i in range(0, len(texts), 256):
         for enc in tok.encode_batch(texts[i:i + 256]):
             parts.append(np.asarray(enc.ids, dtype=np.uint16))
             parts.append(np.asarray([eos], dtype=np.uint16))
-    arr = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
-    np.save(cache, arr)
-    return arr
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 
 
 class Batcher:

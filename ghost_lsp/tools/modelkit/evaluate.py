@@ -96,8 +96,7 @@ def evaluate_recipe(r, positions: int = 300, out_md: str | Path | None = None) -
         if not (ckpt / "config.json").exists():
             print(f"skip {stage}: no checkpoint at {ckpt}", file=sys.stderr)
             continue
-        for f in r.tokenizer_path.parent.iterdir():
-            (ckpt / f.name).write_bytes(f.read_bytes())
+        r.put_tokenizer(ckpt)
         model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
         params = sum(p.numel() for p in model.parameters())
         with torch.no_grad():

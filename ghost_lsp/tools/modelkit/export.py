@@ -35,10 +35,11 @@ from ghost_lsp.tools.modelkit.export_check import validate
 from ghost_lsp.tools.modelkit.export_inputs import (OPTIMUM_EXTRA, ExportInputError, check_architecture,
                                                     check_folder, check_memory)
 from ghost_lsp.tools.modelkit.families import FAMILIES, FamilyError, detect_family, shipped_tokenizer
+from ghost_lsp.tools.modelkit.llama_graph import MODEL_TYPES
 
 log = logging.getLogger(__name__)
 
-FUSED_TYPES = ("llama", "qwen2", "mistral", "phi3", "gemma", "starcoder2")  # llama_graph.py's MODEL_TYPES
+FUSED_TYPES = MODEL_TYPES  # the model types llama_graph.py builds
 
 # Short code-like prompts; any text works since the check compares two runs of one model.
 VALIDATION_PROMPTS = [

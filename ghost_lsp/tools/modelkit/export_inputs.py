@@ -26,10 +26,10 @@ FP32_COPIES = 4.25
 # The fused export streams (llama_graph.py writes a tensor at a time; export_check.py holds one
 # model at a time): its peak is the check's PyTorch load, one fp32 copy while transformers maps
 # the checkpoint it widens (its bytes on disk), plus the interpreter, torch and onnxruntime and
-# a tensor in flight (FUSED_BASE + the embedding table). Measured (ru_maxrss, `bench --realsize`,
+# a tensor in flight (RUNTIME_BASE + the embedding table). Measured (ru_maxrss, `bench --realsize`,
 # random bf16 checkpoints) against this estimate: Qwen2.5-Coder-0.5B 4.11 GiB (4.27),
 # TinyLlama-1.1B 6.50 GiB (7.39), Qwen2.5-Coder-1.5B 8.97 GiB (10.49).
-FUSED_BASE = 1 << 30
+RUNTIME_BASE = 1 << 30
 
 
 class ExportInputError(ValueError):
@@ -126,10 +126,10 @@ def memory_needed(config, n: int, graph: str, hf_dir: Path | None = None) -> tup
     """Bytes an export of n parameters needs at its peak, and how that was reckoned."""
     table = int(config.vocab_size) * int(config.hidden_size) * 4
     if graph != "fused":
-        return (int(n * 4 * FP32_COPIES) + 2 * table + FUSED_BASE,
+        return (int(n * 4 * FP32_COPIES) + 2 * table + RUNTIME_BASE,
                 f"{FP32_COPIES:g} fp32 copies: PyTorch, the exporter, the ONNX model, the check; "
                 "two embedding tables, 1 GiB")
-    need = n * 4 + checkpoint_bytes(hf_dir, n) + FUSED_BASE + table
+    need = n * 4 + checkpoint_bytes(hf_dir, n) + RUNTIME_BASE + table
     return need, "streamed: the check's fp32 PyTorch model, the checkpoint it reads, an embedding table, 1 GiB"
 
 

@@ -54,6 +54,20 @@ class Recipe:
     def stage_dir(self, stage: str) -> Path:
         return self.work / stage
 
+    def keep_previous(self, run: Path) -> Path:
+        """A copy of a run about to be continued in its own folder (`<run>-prev`): the new run
+        reads its weights from the copy, then writes over the original."""
+        prev = self.work / f"{Path(run).name}-prev"
+        if prev.exists():
+            shutil.rmtree(prev)
+        shutil.copytree(run, prev)
+        return prev
+
+    def put_tokenizer(self, folder: Path) -> None:
+        """Copy the tokenizer files beside a checkpoint, so transformers/optimum load it as one folder."""
+        for f in self.tokenizer_path.parent.iterdir():
+            shutil.copyfile(f, Path(folder) / f.name)
+
 
 def recipe_packages(r: Recipe) -> list[str]:
     """The recipe's sdists: `sdists = [...]` and/or `packages_file` (one name a line, # comments)."""
@@ -139,12 +153,7 @@ def stage_train(r: Recipe, stage: str, resume: bool = False, minutes: float | No
             # a short re-warm: the optimizer's moments start from zero again
             cfg["warmup_steps"] = min(int(cfg.get("warmup_steps", 100)), 50)
             if src == r.stage_dir("base"):
-                # keep the run being continued: its weights are read before this run writes any
-                prev = r.work / "base-prev"
-                if prev.exists():
-                    shutil.rmtree(prev)
-                shutil.copytree(src, prev)
-                cfg["resume_from"] = str(prev)
+                cfg["resume_from"] = str(r.keep_previous(src))
         if minutes:
             cfg["time_budget_min"] = minutes
     elif stage == "teacher":
@@ -188,9 +197,7 @@ def stage_package(r: Recipe) -> dict:
     # `source`: the stage that ships (the student, or its DITTO fine-tune)
     source = e.get("source", "student")
     student = r.stage_dir(source)
-    # tokenizer files beside the checkpoint let transformers/optimum load it as one folder
-    for f in r.tokenizer_path.parent.iterdir():
-        (student / f.name).write_bytes(f.read_bytes())
+    r.put_tokenizer(student)
     corpus = json.loads((r.corpus_dir / "corpus.json").read_text())
     summary = json.loads((student / "train_summary.json").read_text())
     # what this model was distilled from, if anything: the shipped stage's own run says (a DITTO

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,11 +70,7 @@ def train_size(r, cfg: dict) -> dict:
     state = run / "train_state.json"
     if state.is_file():  # stopped part-way: continue from its last save with the steps left
         steps_done = int(json.loads(state.read_text()).get("steps", 0))
-        prev = r.work / f"{cfg['name']}-prev"
-        if prev.exists():
-            shutil.rmtree(prev)
-        shutil.copytree(run, prev)
-        cfg["resume_from"] = str(prev)
+        cfg["resume_from"] = str(r.keep_previous(run))
         cfg["max_steps"] = max(1, cfg["max_steps"] - steps_done)
         cfg["warmup_steps"] = min(int(cfg.get("warmup_steps", 0)), 10)
         log.info("%s: continuing after %d steps (%d left)", cfg["name"], steps_done, cfg["max_steps"])
@@ -88,18 +83,13 @@ def heldout_windows(sources: list[str], tokenizer_path: Path, context: int, coun
     from tokenizers import Tokenizer
 
     from ghost_lsp.tools.evals.sources import read_python_files
-    from ghost_lsp.tools.modelkit.data import EOS, fixed_windows
+    from ghost_lsp.tools.modelkit.data import fixed_windows, tokenize_texts
 
-    tok = Tokenizer.from_file(str(tokenizer_path))
-    eos = tok.token_to_id(EOS)
-    ids: list[int] = []
-    for src in sources:
-        for _, text in read_python_files(src):
-            ids.extend(tok.encode(text).ids)
-            ids.append(eos)
+    ids = tokenize_texts([text for src in sources for _, text in read_python_files(src)],
+                         Tokenizer.from_file(str(tokenizer_path)))
     if len(ids) <= context + 1:
         raise SystemExit(f"ghost-lsp: the held-out sources hold {len(ids)} tokens, fewer than one window")
-    return fixed_windows(np.asarray(ids, dtype=np.int64), context, count)
+    return fixed_windows(ids, context, count)
 
 
 def measure_size(r, cfg: dict, windows: np.ndarray | None, latency: bool) -> dict:
@@ -121,8 +111,7 @@ def measure_size(r, cfg: dict, windows: np.ndarray | None, latency: bool) -> dic
         if not (model_dir / "manifest.json").is_file():
             from ghost_lsp.tools.modelkit.export import export_onnx
 
-            for f in r.tokenizer_path.parent.iterdir():
-                shutil.copyfile(f, run / f.name)
+            r.put_tokenizer(run)
             e = r.section("export")
             # agreement is recorded, not required: a short run's near-tied logits flip under int8
             rep = export_onnx(run, model_dir, quantize=e.get("quantize", "int8"), graph=e.get("graph", "fused"),
