@@ -160,8 +160,27 @@ def test_packaged_model_carries_a_resumable_checkpoint(tmp_path):
     assert parent_checkpoint(tmp_path / "model") == ck.resolve()
     assert [run["resumed"] for run in man.info["runs"]] == [False]
 
-    shutil.rmtree(work / "base")  # a fresh clone: no runs/, only the model folder
+    shutil.rmtree(work / "base")  # a fresh clone: no runs/ run or tokenizer, only the model folder
+    shutil.rmtree(work / "tokenizer")
     assert rmod.resume_source(r) == ck
     summary = rmod.stage_train(r, "base", resume=True)
+    assert r.tokenizer_path.read_bytes() == (ck / "tokenizer.json").read_bytes()
     assert [run["resumed"] for run in summary["runs"]] == [False, True]
     assert summary["cumulative_tokens"] > summary["tokens_seen"]
+
+
+def test_resume_refuses_a_tokenizer_other_than_the_checkpoints(tmp_path):
+    """Continuing a checkpoint on another vocabulary is refused with a line naming both files."""
+    from ghost_lsp.tools.modelkit import recipe as rmod
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "tokenizer.json").write_text('{"model": "a"}')
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "toy"\n')
+    r = rmod.Recipe(recipe, work=str(tmp_path / "work"))
+    rmod.resume_tokenizer(r, ck)  # none in the work folder: the checkpoint's is taken
+    assert r.tokenizer_path.read_text() == '{"model": "a"}'
+    r.tokenizer_path.write_text('{"model": "b"}')
+    with pytest.raises(SystemExit, match="not the tokenizer"):
+        rmod.resume_tokenizer(r, ck)

@@ -139,6 +139,24 @@ def resume_source(r: Recipe) -> Path:
                      f"{r.out / 'checkpoint'} holds stable.safetensors (train without --resume first)")
 
 
+def resume_tokenizer(r: Recipe, src: Path) -> None:
+    """The run continues with the tokenizer its weights were trained with: a fresh clone (no
+    runs/ tokenizer) takes the checkpoint's; a different one in runs/ is refused, since training
+    on another vocabulary would silently wreck the model."""
+    shipped = Path(src) / "tokenizer.json"
+    if not shipped.is_file():
+        return
+    if not r.tokenizer_path.is_file():
+        r.tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
+        for f in Path(src).iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens_map")):
+                shutil.copyfile(f, r.tokenizer_path.parent / f.name)
+        log.info("resume: using the tokenizer of %s", src)
+    elif r.tokenizer_path.read_bytes() != shipped.read_bytes():
+        raise SystemExit(f"ghost-lsp: {r.tokenizer_path} is not the tokenizer {shipped} was trained with; "
+                         f"remove {r.tokenizer_path.parent} to continue with the checkpoint's")
+
+
 def stage_train(r: Recipe, stage: str, resume: bool = False, minutes: float | None = None,
                 steps: int | None = None, run_name: str | None = None) -> dict:
     from ghost_lsp.tools.modelkit.train import TrainConfig, train
@@ -154,6 +172,7 @@ def stage_train(r: Recipe, stage: str, resume: bool = False, minutes: float | No
             cfg["warmup_steps"] = min(int(cfg.get("warmup_steps", 100)), 50)
             if src == r.stage_dir("base"):
                 cfg["resume_from"] = str(r.keep_previous(src))
+            resume_tokenizer(r, src)
         if minutes:
             cfg["time_budget_min"] = minutes
     elif stage == "teacher":
