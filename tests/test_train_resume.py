@@ -163,7 +163,14 @@ def test_packaged_model_carries_a_resumable_checkpoint(tmp_path):
     shutil.rmtree(work / "base")  # a fresh clone: no runs/ run or tokenizer, only the model folder
     shutil.rmtree(work / "tokenizer")
     assert rmod.resume_source(r) == ck
-    summary = rmod.stage_train(r, "base", resume=True)
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        summary = rmod.stage_train(r, "base", resume=True, threads=2)  # --threads over the recipe's 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     assert r.tokenizer_path.read_bytes() == (ck / "tokenizer.json").read_bytes()
     assert [run["resumed"] for run in summary["runs"]] == [False, True]
     assert summary["cumulative_tokens"] > summary["tokens_seen"]

@@ -158,7 +158,7 @@ def resume_tokenizer(r: Recipe, src: Path) -> None:
 
 
 def stage_train(r: Recipe, stage: str, resume: bool = False, minutes: float | None = None,
-                steps: int | None = None, run_name: str | None = None) -> dict:
+                steps: int | None = None, run_name: str | None = None, threads: int | None = None) -> dict:
     from ghost_lsp.tools.modelkit.train import TrainConfig, train
 
     if resume and stage != "base":
@@ -205,6 +205,8 @@ def stage_train(r: Recipe, stage: str, resume: bool = False, minutes: float | No
         raise SystemExit(f"ghost-lsp: unknown stage {stage!r} (base, teacher, student, baseline, ditto)")
     if steps:
         cfg["max_steps"] = steps
+    if threads:
+        cfg["threads"] = threads
     cfg["name"] = run_name or stage
     return train(TrainConfig.from_dict(cfg), r.corpus_dir, r.tokenizer_path, r.stage_dir(run_name or stage))
 
@@ -316,6 +318,8 @@ def add_model_parsers(subparsers) -> None:
                                  "run, else the model folder's checkpoint/)")
             sp.add_argument("--minutes", type=float, help="wall-clock budget of this run (overrides the recipe)")
             sp.add_argument("--steps", type=int, help="a fixed number of steps instead (overrides the recipe)")
+            sp.add_argument("--threads", type=int,
+                            help="torch threads (overrides the recipe; 2 on an idle two-core machine)")
             sp.add_argument("--run-name", help="the run's folder under the work folder (default: the stage's name)")
         if name == "corpus":
             sp.add_argument("--sdist-dir", help="use sdists already in this folder instead of downloading")
@@ -356,7 +360,7 @@ def run_model_command(args: argparse.Namespace) -> int:
         stage_tokenizer(r)
     if cmd == "train":
         print(json.dumps(stage_train(r, args.stage, resume=args.resume, minutes=args.minutes,
-                                      steps=args.steps, run_name=args.run_name), indent=1))
+                                      steps=args.steps, run_name=args.run_name, threads=args.threads), indent=1))
     if cmd == "build":
         for stage in (("base",) if r.data.get("base") else ("teacher", "student", "baseline")):
             stage_train(r, stage)
