@@ -171,6 +171,9 @@ def test_packaged_model_carries_a_resumable_checkpoint(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+    logged = [json.loads(x)["cumulative_tokens"] for x in (work / "base" / "train_log.jsonl").read_text().splitlines()]
+    before_resume = [json.loads(x)["cumulative_tokens"] for x in (ck / "train_log.jsonl").read_text().splitlines()]
+    assert logged[:len(before_resume)] == before_resume and len(logged) > len(before_resume)  # the history goes on
     assert r.tokenizer_path.read_bytes() == (ck / "tokenizer.json").read_bytes()
     assert [run["resumed"] for run in summary["runs"]] == [False, True]
     assert summary["cumulative_tokens"] > summary["tokens_seen"]

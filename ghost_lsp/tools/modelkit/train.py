@@ -236,6 +236,13 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
                             fused=True)
 
+    prior_log = Path(cfg.resume_from) / "train_log.jsonl" if cfg.resume_from else None
+    if prior_log and prior_log.is_file() and not (out / "train_log.jsonl").exists():
+        # continued in a new folder (a fresh clone continuing the shipped checkpoint): the log
+        # keeps the runs before this one, so the packaged checkpoint and its plot still hold them
+        import shutil
+
+        shutil.copyfile(prior_log, out / "train_log.jsonl")
     log_f = open(out / "train_log.jsonl", "a", encoding="utf-8")
     t0 = time.monotonic()
     last_ckpt = t0
