@@ -304,6 +304,10 @@ def typed_anyway(sc, rng, other):
 
 
 def typed_anyway_with_typo(sc, rng, other):
+    if len(sc.s.suggestion.strip()) < 4 or "\n" in sc.s.suggestion:
+        # a typo in two or three characters is other text, and the inferer does not yet follow
+        # a multi-line suggestion typed with typos (it says rejected): single lines only
+        return None
     sc.type(sc.s.suggestion, typo_rate=0.15)
     return "typed_anyway"
 
