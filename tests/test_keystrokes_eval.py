@@ -55,7 +55,8 @@ def test_simulated_user_through_the_server_counts_every_key(tmp_path):
     assert m["files_under_test"] + m["workspace_files"] == len(PROJECT)
     # the next line at each line's start: a whole-line match is also a Tab the user took
     assert 0 <= m["line_exact"] <= min(m["lines"], m["tabs"])
-    assert 0 <= m["next_line_edit_similarity"] <= 1 and m["next_line_exact_match"] == pytest.approx(m["line_exact"] / 6, abs=1e-4)  # rounded to 4 places
+    assert 0 <= m["next_line_edit_similarity"] <= 1
+    assert m["next_line_exact_match"] == pytest.approx(m["line_exact"] / 6, abs=1e-4)  # reported to 4 places
 
 
 def test_sources_combine_by_counts():

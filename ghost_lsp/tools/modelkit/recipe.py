@@ -27,6 +27,8 @@ from ghost_lsp.paths import EVAL_RESERVED, REPO
 log = logging.getLogger(__name__)
 
 RESERVED = EVAL_RESERVED
+# The tokenizer's files as a checkpoint folder holds them (what transformers saves and loads)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class Recipe:
@@ -148,9 +150,9 @@ def resume_tokenizer(r: Recipe, src: Path) -> None:
         return
     if not r.tokenizer_path.is_file():
         r.tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
-        for f in Path(src).iterdir():
-            if f.name.startswith(("tokenizer", "special_tokens_map")):
-                shutil.copyfile(f, r.tokenizer_path.parent / f.name)
+        for name in TOKENIZER_FILES:
+            if (Path(src) / name).is_file():
+                shutil.copyfile(Path(src) / name, r.tokenizer_path.parent / name)
         log.info("resume: using the tokenizer of %s", src)
     elif r.tokenizer_path.read_bytes() != shipped.read_bytes():
         raise SystemExit(f"ghost-lsp: {r.tokenizer_path} is not the tokenizer {shipped} was trained with; "
@@ -277,7 +279,7 @@ def ship_checkpoint(run_dir: Path, model_dir: Path) -> None:
     state = load_file(str(run_dir / "model.safetensors"))
     save_weights({k: v for k, v in state.items() if k != "lm_head.weight"}, ck / "model.safetensors")
     for name in ("config.json", "generation_config.json", "stable.safetensors", "train_state.json",
-                 "train_log.jsonl", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                 "train_log.jsonl", *TOKENIZER_FILES):
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, ck / name)
     cfg = json.loads((ck / "config.json").read_text())

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -240,8 +241,6 @@ def train(cfg: TrainConfig, corpus_dir: str | Path, tokenizer_path: str | Path, 
     if prior_log and prior_log.is_file() and not (out / "train_log.jsonl").exists():
         # continued in a new folder (a fresh clone continuing the shipped checkpoint): the log
         # keeps the runs before this one, so the packaged checkpoint and its plot still hold them
-        import shutil
-
         shutil.copyfile(prior_log, out / "train_log.jsonl")
     log_f = open(out / "train_log.jsonl", "a", encoding="utf-8")
     t0 = time.monotonic()
